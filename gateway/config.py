@@ -1,0 +1,452 @@
+"""The gateway's YAML configuration: pydantic models, loading, and error messages.
+
+One file declares ``sites -> assets -> points`` and ``devices``. Every error names its key path
+(``sites[0].assets[1].points[2].address``) and `load_config` raises `ConfigError` with all
+messages; the CLI prints them and exits 2, without a traceback (RELIABILITY R27).
+
+Environment references ``${NAME}`` in any string are replaced from the environment at load
+time; a missing variable is an error that names the key path, never the value.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Self
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from connectors.modbus.config import ModbusAddress, ModbusDeviceConfig
+
+_STRICT = ConfigDict(extra="forbid", frozen=True)
+SLUG = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; `messages` holds one ``key.path: reason`` line per error."""
+
+    def __init__(self, source: str, messages: list[str]) -> None:
+        super().__init__(f"invalid configuration {source}:\n" + "\n".join(f"  {m}" for m in messages))
+        self.source = source
+        self.messages = messages
+
+
+class PointConfig(ModbusAddress):
+    """A data point of an asset, read from a device.
+
+    Attributes:
+        id: Point id (slug), unique within its asset.
+        name: Display name.
+        device: Id of the device that serves the point.
+        unit: UCUM-style unit code, e.g. "Cel", "kPa", "kW.h".
+        scale: Engineering value = raw × scale + offset. Default 1.
+        offset: See scale. Default 0.
+        range: Optional engineering range [min, max]; values outside are Uncertain.
+        poll_interval: Overrides the device's poll interval [s] [0.01 .. 86400].
+    """
+
+    id: str = Field(pattern=SLUG, description="Point id (slug)")
+    name: str | None = None
+    device: str = Field(description="Id of the device serving this point")
+    unit: str | None = Field(default=None, max_length=32, description="UCUM-style unit code")
+    scale: float = Field(default=1.0, allow_inf_nan=False, description="Multiplier applied to raw")
+    offset: float = Field(default=0.0, allow_inf_nan=False, description="Added after scale")
+    range: tuple[float, float] | None = Field(
+        default=None, description="Engineering range [min, max]; outside -> Uncertain"
+    )
+    poll_interval: float | None = Field(default=None, ge=0.01, le=86400, description="[s]")
+
+    @model_validator(mode="after")
+    def _check_range(self) -> Self:
+        if self.range is not None:
+            low, high = self.range
+            if not (math.isfinite(low) and math.isfinite(high)) or low > high:
+                msg = f"range: must be [min, max] with finite min <= max, got {list(self.range)}"
+                raise ValueError(msg)
+        return self
+
+
+class AssetConfig(BaseModel):
+    """A physical thing (pump, line, meter) with its points."""
+
+    model_config = _STRICT
+
+    id: str = Field(pattern=SLUG, description="Asset id (slug), unique within its site")
+    name: str | None = None
+    kind: str | None = Field(default=None, description="Free-form asset class, e.g. pump")
+    points: list[PointConfig] = Field(default_factory=list)
+
+
+class SiteConfig(BaseModel):
+    """A plant or location holding assets."""
+
+    model_config = _STRICT
+
+    id: str = Field(pattern=SLUG, description="Site id (slug)")
+    name: str | None = None
+    assets: list[AssetConfig] = Field(default_factory=list)
+
+
+class ApiConfig(BaseModel):
+    """The HTTP API and web page."""
+
+    model_config = _STRICT
+
+    enabled: bool = True
+    host: str = Field(default="127.0.0.1", description="Bind address; loopback by default")
+    port: int = Field(default=8080, ge=0, le=65535, description="TCP port [0..65535], 0 = any free")
+
+
+class StoreConfig(BaseModel):
+    """The local SQLite store (history, latest values, inventory state, gaps)."""
+
+    model_config = _STRICT
+
+    path: str | None = Field(default=None, description="Database file; default <data_dir>/gateway.db")
+    retention_hours: float = Field(default=168.0, gt=0, le=87600, description="History kept [h]")
+    max_bytes: int = Field(
+        default=1_073_741_824, ge=1_048_576, description="Size cap of the database [bytes] (>= 1 MiB)"
+    )
+
+
+class ReconnectConfig(BaseModel):
+    """Capped exponential backoff with jitter between reconnect attempts."""
+
+    model_config = _STRICT
+
+    initial: float = Field(default=0.5, gt=0, le=60, description="First delay [s]")
+    max: float = Field(default=10.0, gt=0, le=3600, description="Cap of the delay [s]")
+
+
+class InventoryConfig(BaseModel):
+    """Gap detection settings."""
+
+    model_config = _STRICT
+
+    gap_after: float = Field(
+        default=2.5, ge=1.0, le=100.0,
+        description="A point is stale after this many expected intervals without good data",
+    )
+
+
+class GatewaySection(BaseModel):
+    """Identity and working directory of this gateway."""
+
+    model_config = _STRICT
+
+    name: str = Field(default="ot-gateway", pattern=SLUG)
+    data_dir: str = Field(default="./data", description="Directory for the store and state files")
+
+
+class GatewayConfig(BaseModel):
+    """The whole file. Cross-references are checked after the fields."""
+
+    model_config = _STRICT
+
+    gateway: GatewaySection = Field(default_factory=GatewaySection)
+    api: ApiConfig = Field(default_factory=ApiConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    reconnect: ReconnectConfig = Field(default_factory=ReconnectConfig)
+    inventory: InventoryConfig = Field(default_factory=InventoryConfig)
+    sites: list[SiteConfig] = Field(default_factory=list)
+    devices: list[ModbusDeviceConfig] = Field(default_factory=list)
+    point_files: list[str] = Field(
+        default_factory=list, description="CSV point lists, relative to this file"
+    )
+
+    def iter_points(self) -> Iterator[tuple[SiteConfig, AssetConfig, PointConfig]]:
+        """Yield every (site, asset, point) in file order."""
+        for site in self.sites:
+            for asset in site.assets:
+                for point in asset.points:
+                    yield site, asset, point
+
+    def device(self, device_id: str) -> ModbusDeviceConfig:
+        """The device with this id. Raises KeyError."""
+        for dev in self.devices:
+            if dev.id == device_id:
+                return dev
+        raise KeyError(device_id)
+
+    def poll_interval(self, point: PointConfig) -> float:
+        """The point's effective poll interval [s]: its own, else its device's."""
+        if point.poll_interval is not None:
+            return point.poll_interval
+        return self.device(point.device).poll_interval
+
+
+# ---------------------------------------------------------------------------------------------
+# Cross-reference checks, each yielding "key.path: reason".
+
+
+
+def _check_references(cfg: GatewayConfig) -> list[str]:
+    errors: list[str] = []
+    for i, dev in enumerate(cfg.devices):
+        if dev.id in [d.id for d in cfg.devices[:i]]:
+            errors.append(f"devices[{i}].id: duplicate device id {dev.id!r}")
+        if dev.timeout >= dev.poll_interval:
+            errors.append(
+                f"devices[{i}].timeout: must be shorter than poll_interval "
+                f"({dev.poll_interval} s), got {dev.timeout} s"
+            )
+    site_ids = [s.id for s in cfg.sites]
+    devices = {d.id: d for d in cfg.devices}
+    for si, site in enumerate(cfg.sites):
+        if site.id in site_ids[:si]:
+            errors.append(f"sites[{si}].id: duplicate site id {site.id!r}")
+        asset_ids = [a.id for a in site.assets]
+        for ai, asset in enumerate(site.assets):
+            apath = f"sites[{si}].assets[{ai}]"
+            if asset.id in asset_ids[:ai]:
+                errors.append(f"{apath}.id: duplicate asset id {asset.id!r} in site {site.id!r}")
+            point_ids = [p.id for p in asset.points]
+            for pi, point in enumerate(asset.points):
+                ppath = f"{apath}.points[{pi}]"
+                if point.id in point_ids[:pi]:
+                    errors.append(f"{ppath}.id: duplicate point id {point.id!r} in asset {asset.id!r}")
+                dev = devices.get(point.device)
+                if dev is None:
+                    errors.append(f"{ppath}.device: unknown device {point.device!r}")
+                elif point.poll_interval is not None and dev.timeout >= point.poll_interval:
+                    errors.append(
+                        f"{ppath}.poll_interval: must be longer than the timeout of device "
+                        f"{dev.id!r} ({dev.timeout} s), got {point.poll_interval} s"
+                    )
+    errors.extend(_check_overlaps(cfg))
+    return errors
+
+
+def _check_overlaps(cfg: GatewayConfig) -> list[str]:
+    """Points of one device, unit id and table must not share registers (bools in bits may)."""
+    spans: dict[tuple[str, int, str], list[tuple[int, int, int | None, str, str]]] = {}
+    for si, site in enumerate(cfg.sites):
+        for ai, asset in enumerate(site.assets):
+            for pi, p in enumerate(asset.points):
+                dev = next((d for d in cfg.devices if d.id == p.device), None)
+                if dev is None:
+                    continue
+                unit = p.unit_id if p.unit_id is not None else dev.unit_id
+                key = (p.device, unit, p.table.value)
+                path = f"sites[{si}].assets[{ai}].points[{pi}]"
+                name = f"{site.id}/{asset.id}/{p.id}"
+                spans.setdefault(key, []).append((p.address, p.address + p.width, p.bit, path, name))
+    errors: list[str] = []
+    for (device, unit, table), items in spans.items():
+        items.sort()
+        for (a0, a1, abit, _apath, aname), (b0, b1, bbit, bpath, bname) in zip(
+            items, items[1:], strict=False
+        ):
+            if b0 < a1:
+                both_bits = abit is not None and bbit is not None and a0 == b0 and a1 == b1
+                if both_bits and abit != bbit:
+                    continue
+                errors.append(
+                    f"{bpath}.address: registers {b0}..{b1 - 1} of {bname} overlap {aname} "
+                    f"({a0}..{a1 - 1}) on device {device!r} unit {unit} {table}"
+                )
+    return errors
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading.
+
+
+def _format_loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + part
+    return out or "(top level)"
+
+
+def _format_validation(err: ValidationError, prefix: str = "") -> list[str]:
+    lines = []
+    for e in err.errors(include_url=False):
+        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        path = _format_loc(loc)
+        if prefix:
+            path = prefix + ("" if path.startswith("[") else ".") + path
+        msg = e["msg"].removeprefix("Value error, ")
+        sub = re.match(r"^([a-z_]+): (.*)$", msg)
+        if sub:  # a model validator naming the key it is about
+            path, msg = f"{path}.{sub[1]}", sub[2]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif e["type"] in {"missing"}:
+            msg = "required key is missing"
+        elif "input" in e and isinstance(e["input"], int | float | str) and e["type"] != "string_pattern_mismatch":
+            msg += f" (got {e['input']!r})"
+        lines.append(f"{path}: {msg}")
+    return lines
+
+
+def _expand_env(node: Any, path: str, errors: list[str]) -> Any:  # noqa: ANN401
+    """Replace ``${NAME}`` in strings from the environment; record missing names."""
+    if isinstance(node, dict):
+        return {k: _expand_env(v, f"{path}.{k}" if path else str(k), errors) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_expand_env(v, f"{path}[{i}]", errors) for i, v in enumerate(node)]
+    if isinstance(node, str) and "${" in node:
+
+        def repl(m: re.Match[str]) -> str:
+            value = os.environ.get(m.group(1))
+            if value is None:
+                errors.append(f"{path}: environment variable {m.group(1)} is not set")
+                return ""
+            return value
+
+        return _ENV_REF.sub(repl, node)
+    return node
+
+
+CSV_COLUMNS = (
+    "site", "asset", "point", "device", "register", "address", "type", "byte_order", "bit",
+    "length", "unit_id", "unit", "scale", "offset", "min", "max", "poll_interval", "name",
+)
+_CSV_REQUIRED = ("site", "asset", "point", "device", "register", "address")
+
+
+def _merge_csv(raw: dict[str, Any], base: Path, errors: list[str]) -> None:
+    """Add the rows of each ``point_files`` CSV to the raw config's assets (in place)."""
+    files = raw.get("point_files") or []
+    if not isinstance(files, list):
+        return
+    sites = raw.get("sites")
+    if not isinstance(sites, list):
+        return
+    for fi, name in enumerate(files):
+        fpath = f"point_files[{fi}]"
+        path = (base / str(name)).resolve()
+        try:
+            text = path.read_text(encoding="utf-8-sig")
+        except OSError as exc:
+            errors.append(f"{fpath}: cannot read {name}: {exc.strerror}")
+            continue
+        reader = csv.DictReader(text.splitlines())
+        header = reader.fieldnames or []
+        unknown = [c for c in header if c not in CSV_COLUMNS]
+        missing = [c for c in _CSV_REQUIRED if c not in header]
+        if unknown or missing:
+            if unknown:
+                errors.append(f"{fpath} ({name}): unknown column(s) {', '.join(unknown)}")
+            if missing:
+                errors.append(f"{fpath} ({name}): missing column(s) {', '.join(missing)}")
+            continue
+        for row_no, row in enumerate(reader, start=2):
+            where = f"{fpath} ({name}) line {row_no}"
+            site = next((s for s in sites if isinstance(s, dict) and s.get("id") == row["site"]), None)
+            if site is None:
+                errors.append(f"{where}: site: unknown site {row['site']!r}")
+                continue
+            assets = site.setdefault("assets", [])
+            asset = next((a for a in assets if isinstance(a, dict) and a.get("id") == row["asset"]), None)
+            if asset is None:
+                errors.append(f"{where}: asset: unknown asset {row['asset']!r} in site {row['site']!r}")
+                continue
+            point: dict[str, Any] = {"id": row["point"]}
+            for col in CSV_COLUMNS[3:]:
+                cell = (row.get(col) or "").strip()
+                if not cell or col in ("min", "max"):
+                    continue
+                point[col] = cell
+            if (row.get("min") or "").strip() or (row.get("max") or "").strip():
+                point["range"] = [(row.get("min") or "").strip(), (row.get("max") or "").strip()]
+            point["__where__"] = where
+            asset.setdefault("points", []).append(point)
+
+
+def _strip_where(raw: dict[str, Any]) -> dict[tuple[int, int, int], str]:
+    """Remove CSV origin markers, returning (site, asset, point) index -> 'file line n'."""
+    where: dict[tuple[int, int, int], str] = {}
+    for si, site in enumerate(raw.get("sites") or []):
+        if not isinstance(site, dict):
+            continue
+        for ai, asset in enumerate(site.get("assets") or []):
+            if not isinstance(asset, dict):
+                continue
+            for pi, point in enumerate(asset.get("points") or []):
+                if isinstance(point, dict) and "__where__" in point:
+                    where[(si, ai, pi)] = point.pop("__where__")
+    return where
+
+
+_POINT_PATH = re.compile(r"^sites\[(\d+)\]\.assets\[(\d+)\]\.points\[(\d+)\](.*)$")
+
+
+def _annotate(messages: list[str], where: dict[tuple[int, int, int], str]) -> list[str]:
+    """Point messages about CSV rows at the file and line they came from."""
+    out = []
+    for m in messages:
+        path, _, reason = m.partition(": ")
+        hit = _POINT_PATH.match(path)
+        if hit and (key := (int(hit[1]), int(hit[2]), int(hit[3]))) in where:
+            out.append(f"{where[key]}{hit[4] and ': ' + hit[4].lstrip('.')}: {reason}")
+        else:
+            out.append(m)
+    return out
+
+
+def parse_config(text: str, source: str = "<config>", base: Path | None = None) -> GatewayConfig:
+    """Parse and validate a configuration from YAML text.
+
+    Args:
+        text: YAML document.
+        source: Name used in messages (the file path).
+        base: Directory that relative ``point_files`` resolve against (default: cwd).
+
+    Returns:
+        The validated, immutable configuration.
+
+    Raises:
+        ConfigError: With one ``key.path: reason`` line per problem.
+    """
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(source, [f"(YAML) {where}: {problem}"]) from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(source, ["(top level): expected a mapping of sections"])
+    errors: list[str] = []
+    raw = _expand_env(raw, "", errors)
+    _merge_csv(raw, base or Path.cwd(), errors)
+    where = _strip_where(raw)
+    if errors:
+        raise ConfigError(source, errors)
+    try:
+        cfg = GatewayConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(source, _annotate(_format_validation(exc), where)) from None
+    ref_errors = _check_references(cfg)
+    if ref_errors:
+        raise ConfigError(source, _annotate(ref_errors, where))
+    return cfg
+
+
+def load_config(path: str | Path) -> GatewayConfig:
+    """Read, parse and validate a configuration file; see `parse_config`.
+
+    Raises:
+        ConfigError: The file cannot be read or is invalid.
+    """
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(str(p), [f"(file): cannot read: {exc.strerror}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError(str(p), ["(file): not UTF-8 text"]) from None
+    return parse_config(text, str(p), p.parent)

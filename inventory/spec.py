@@ -1,0 +1,81 @@
+"""What should exist: the configured sites, assets, points and devices, as the inventory sees them.
+
+The runtime builds an `InventorySpec` from the gateway config; the inventory never reads config
+files itself (it imports only the kernel, DESIGN.md §1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class SiteSpec:
+    """A configured site."""
+
+    id: str
+    name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AssetSpec:
+    """A configured asset of a site."""
+
+    site: str
+    id: str
+    name: str | None = None
+    kind: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PointSpec:
+    """A configured point.
+
+    Attributes:
+        site, asset, point: Ids; the key is ``site/asset/point``.
+        device: Id of the device serving it.
+        expected_interval: Seconds between expected samples (the poll interval) [s] (> 0).
+        unit: UCUM-style unit code or None.
+        source: Locator URI, e.g. ``modbus://127.0.0.1:502/1/hr/0``.
+        name: Display name or None.
+    """
+
+    site: str
+    asset: str
+    point: str
+    device: str
+    expected_interval: float
+    unit: str | None = None
+    source: str = ""
+    name: str | None = None
+
+    @property
+    def key(self) -> str:
+        """The point key ``site/asset/point``."""
+        return f"{self.site}/{self.asset}/{self.point}"
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceSpec:
+    """A configured device (protocol endpoint)."""
+
+    id: str
+    protocol: str
+    endpoint: str
+
+
+@dataclass(frozen=True, slots=True)
+class InventorySpec:
+    """Everything configured, plus the gap rule.
+
+    Attributes:
+        gap_after: A point with no usable data for ``gap_after × expected_interval`` seconds
+            opens a `stale` gap [factor, 1..100].
+    """
+
+    sites: tuple[SiteSpec, ...]
+    assets: tuple[AssetSpec, ...]
+    points: tuple[PointSpec, ...]
+    devices: tuple[DeviceSpec, ...]
+    gap_after: float = 2.5
+    extra: dict[str, str] = field(default_factory=dict)
