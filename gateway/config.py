@@ -268,34 +268,52 @@ def _format_loc(loc: tuple[int | str, ...]) -> str:
     return out or "(top level)"
 
 
-def _format_validation(err: ValidationError, prefix: str = "") -> list[str]:
+def _format_validation(err: ValidationError, hidden: set[str]) -> list[str]:
+    """One line per pydantic error; values at `hidden` paths (from the environment) not echoed."""
     lines = []
     for e in err.errors(include_url=False):
         loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-")))
         path = _format_loc(loc)
-        if prefix:
-            path = prefix + ("" if path.startswith("[") else ".") + path
         msg = e["msg"].removeprefix("Value error, ")
         sub = re.match(r"^([a-z_]+): (.*)$", msg)
         if sub:  # a model validator naming the key it is about
             path, msg = f"{path}.{sub[1]}", sub[2]
-        if e["type"] == "extra_forbidden":
+        if path in hidden:
+            pass  # the value came from an environment variable: it may be a secret
+        elif e["type"] == "string_pattern_mismatch" and "a-z0-9" in str(e.get("ctx", {})):
+            msg = (
+                "must be a slug: lowercase letters, digits, '-', '_' or '.', starting with a "
+                f"letter or digit, at most 63 characters (got {e['input']!r})"
+            )
+        elif e["type"] == "extra_forbidden":
             msg = "unknown key"
         elif e["type"] in {"missing"}:
             msg = "required key is missing"
-        elif "input" in e and isinstance(e["input"], int | float | str) and e["type"] != "string_pattern_mismatch":
+        elif (
+            isinstance(e.get("input"), int | float | str)
+            and e["type"] != "string_pattern_mismatch"
+            and path not in hidden
+        ):
             msg += f" (got {e['input']!r})"
         lines.append(f"{path}: {msg}")
     return lines
 
 
-def _expand_env(node: Any, path: str, errors: list[str]) -> Any:  # noqa: ANN401
-    """Replace ``${NAME}`` in strings from the environment; record missing names."""
+def _expand_env(node: Any, path: str, errors: list[str], hidden: set[str]) -> Any:  # noqa: ANN401
+    """Replace ``${NAME}`` in strings from the environment.
+
+    Missing names are appended to `errors`; the key paths of replaced values go to `hidden`
+    so that no message ever echoes them.
+    """
     if isinstance(node, dict):
-        return {k: _expand_env(v, f"{path}.{k}" if path else str(k), errors) for k, v in node.items()}
+        return {
+            k: _expand_env(v, f"{path}.{k}" if path else str(k), errors, hidden)
+            for k, v in node.items()
+        }
     if isinstance(node, list):
-        return [_expand_env(v, f"{path}[{i}]", errors) for i, v in enumerate(node)]
+        return [_expand_env(v, f"{path}[{i}]", errors, hidden) for i, v in enumerate(node)]
     if isinstance(node, str) and "${" in node:
+        hidden.add(path)
 
         def repl(m: re.Match[str]) -> str:
             value = os.environ.get(m.group(1))
@@ -421,7 +439,8 @@ def parse_config(text: str, source: str = "<config>", base: Path | None = None) 
     if not isinstance(raw, dict):
         raise ConfigError(source, ["(top level): expected a mapping of sections"])
     errors: list[str] = []
-    raw = _expand_env(raw, "", errors)
+    hidden: set[str] = set()
+    raw = _expand_env(raw, "", errors, hidden)
     _merge_csv(raw, base or Path.cwd(), errors)
     where = _strip_where(raw)
     if errors:
@@ -429,7 +448,7 @@ def parse_config(text: str, source: str = "<config>", base: Path | None = None) 
     try:
         cfg = GatewayConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(source, _annotate(_format_validation(exc), where)) from None
+        raise ConfigError(source, _annotate(_format_validation(exc, hidden), where)) from None
     ref_errors = _check_references(cfg)
     if ref_errors:
         raise ConfigError(source, _annotate(ref_errors, where))

@@ -137,7 +137,7 @@ class ModbusDeviceConfig(BaseModel):
         host: Host name or IP address.
         port: TCP port [1..65535], default 502.
         unit_id: Default unit id [0..255], default 1.
-        timeout: Request timeout [s] (0 .. poll_interval), default 1.0.
+        timeout: Request timeout [s] (0 .. poll_interval), default min(1.0, poll_interval / 2).
         poll_interval: Default poll interval of the device's points [s] [0.01 .. 86400], default 1.0.
         max_gap: Unused registers allowed inside one coalesced request [0..124], default 0.
         max_registers: Registers per request for FC 3/4 [1..125], default 125.
@@ -147,18 +147,31 @@ class ModbusDeviceConfig(BaseModel):
 
     model_config = _STRICT
 
-    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$", description="Device id")
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,62}$", description="Device id (slug)")
     protocol: Literal["modbus"] = "modbus"
     host: str = Field(min_length=1, description="Host name or IP address")
     port: int = Field(default=502, ge=1, le=65535, description="TCP port [1..65535]")
     unit_id: int = Field(default=1, ge=0, le=255, description="Default unit id [0..255]")
-    timeout: float = Field(default=1.0, gt=0, le=60, description="Request timeout [s]")
+    timeout: float = Field(
+        default=1.0, gt=0, le=60,
+        description="Request timeout [s]; default min(1.0, poll_interval / 2)",
+    )
     poll_interval: float = Field(default=1.0, ge=0.01, le=86400, description="Poll interval [s]")
     max_gap: int = Field(default=0, ge=0, le=124, description="Max unused registers bridged [0..124]")
     max_registers: int = Field(default=125, ge=1, le=125, description="Registers per request")
     max_bits: int = Field(default=2000, ge=1, le=2000, description="Bits per request")
     retries: int = Field(default=0, ge=0, le=5, description="Retries after a timeout [0..5]")
 
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_timeout(cls, data: object) -> object:
+        """Without an explicit timeout, use min(1.0 s, poll_interval / 2)."""
+        if isinstance(data, dict) and "timeout" not in data:
+            interval = data.get("poll_interval", 1.0)
+            if isinstance(interval, int | float) and interval > 0:
+                return {**data, "timeout": min(1.0, interval / 2)}
+        return data
 
     @property
     def endpoint(self) -> str:

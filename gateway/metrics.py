@@ -1,0 +1,96 @@
+"""Prometheus self-metrics of the gateway (RELIABILITY.md M12, §8), read at scrape time.
+
+A custom collector reads the runtime's counters when `/metrics` is scraped, so the hot path
+only increments plain integers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from gateway.runtime import Runtime
+
+_STATE_VALUE = {"unknown": 0, "offline": 1, "degraded": 2, "online": 3}
+
+
+class RuntimeCollector(Collector):
+    """Exposes runtime, connector and inventory figures as Prometheus metrics."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._rt = runtime
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        """Yield the metric families (called by prometheus_client on each scrape)."""
+        rt = self._rt
+        c = rt.counters
+        yield CounterMetricFamily(
+            "otgw_readings_in", "Readings produced by connectors", value=c.readings_in
+        )
+        yield CounterMetricFamily(
+            "otgw_readings_committed", "Readings committed to the local store",
+            value=c.readings_committed,
+        )
+        yield GaugeMetricFamily(
+            "otgw_ingest_queue_batches", "Reading batches waiting for the store writer",
+            value=rt._queue.qsize(),  # noqa: SLF001 - same package, read-only
+        )
+        yield GaugeMetricFamily(
+            "otgw_loop_lag_seconds", "Event-loop lag at the last housekeeping tick [s]",
+            value=c.loop_lag_s,
+        )
+        now = rt.now()
+        state = GaugeMetricFamily(
+            "otgw_device_state", "Device state: 0 unknown, 1 offline, 2 degraded, 3 online",
+            labels=["device"],
+        )
+        polls = CounterMetricFamily("otgw_polls", "Poll cycles completed", labels=["device"])
+        overruns = CounterMetricFamily(
+            "otgw_overruns", "Poll cycles skipped because the previous one overran",
+            labels=["device"],
+        )
+        latency = GaugeMetricFamily(
+            "otgw_poll_latency_seconds", "Duration of the last poll cycle [s]", labels=["device"]
+        )
+        errors = CounterMetricFamily(
+            "otgw_protocol_errors", "Protocol errors by kind", labels=["device", "kind"]
+        )
+        for dv in rt.inventory.devices(now):
+            state.add_metric([dv.id], _STATE_VALUE.get(dv.state.value, 0))
+            run = rt.devices.get(dv.id)
+            conn = run.connector if run else None
+            if conn is not None:
+                polls.add_metric([dv.id], conn.stats.polls)
+                overruns.add_metric([dv.id], conn.stats.overruns)
+                if conn.stats.last_latency_s is not None:
+                    latency.add_metric([dv.id], conn.stats.last_latency_s)
+                for kind, n in conn.stats.errors.items():
+                    errors.add_metric([dv.id, kind], n)
+        yield from (state, polls, overruns, latency, errors)
+        summary = rt.inventory.summary(now)
+        gaps = GaugeMetricFamily("otgw_open_gaps", "Open data gaps", value=rt.inventory.open_gap_count)
+        yield gaps
+        points = GaugeMetricFamily("otgw_points", "Configured points by state", labels=["state"])
+        for key, n in summary.items():
+            if key.startswith("points_"):
+                points.add_metric([key.removeprefix("points_")], n)
+        yield points
+        rejected = CounterMetricFamily(
+            "otgw_rejected", "Values rejected or flagged by the pipeline", labels=["reason"]
+        )
+        rejected.add_metric(["non_finite"], rt.pipeline.non_finite)
+        rejected.add_metric(["out_of_range"], rt.pipeline.out_of_range)
+        rejected.add_metric(["unknown_point"], rt.pipeline.unknown_points)
+        yield rejected
+
+
+def build_registry(runtime: Runtime) -> CollectorRegistry:
+    """A fresh registry holding only this gateway's collector (no process-global state)."""
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(RuntimeCollector(runtime))
+    return registry

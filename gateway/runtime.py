@@ -1,0 +1,396 @@
+"""The runtime: wires config, connectors, pipeline, store, inventory and API together.
+
+One task per device polls through its connector; only this module reconnects (capped
+exponential backoff with jitter) and it logs on link state changes, not on every failure.
+Readings from all devices go through one ingest queue to a writer task that commits them to the
+store in one transaction per batch (a reading is *accepted* once committed), then updates the
+inventory (DESIGN.md §3). Pollers never wait for the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+
+from connectors.base import ConnectError, Connector, LinkLost
+from connectors.modbus.plan import ModbusPoint
+from connectors.registry import create_connector
+from gateway.clock import monotonic, to_rfc3339, utc_now
+from gateway.config import GatewayConfig
+from gateway.metrics import build_registry
+from gateway.model import Reading
+from gateway.pipeline import Pipeline, PointTransform
+from gateway.quality import Q
+from gateway.store import Store
+from inventory.inventory import Inventory
+from inventory.spec import AssetSpec, DeviceSpec, InventorySpec, PointSpec, SiteSpec
+from inventory.views import Gap
+
+log = logging.getLogger("ot_gateway.runtime")
+
+HEARTBEAT_S = 2.0
+"""How often the runtime records `last_alive` in the store [s]; bounds a gateway_down gap start."""
+TICK_S = 0.25
+"""Period of stale-gap detection and state roll-up [s]."""
+PURGE_S = 600.0
+"""Period of store retention purges [s]."""
+
+
+@dataclass(slots=True)
+class DeviceRun:
+    """Live state of one device's task, for metrics and progress."""
+
+    device_id: str
+    point_keys: tuple[str, ...]
+    connector: Connector | None = None
+    link_up: bool = False
+    ever_up: bool = False
+    attempts: int = 0
+    last_error: str | None = None
+
+
+@dataclass(slots=True)
+class Counters:
+    """Gateway-wide counters (exposed on /metrics)."""
+
+    readings_in: int = 0
+    readings_committed: int = 0
+    commit_batches: int = 0
+    loop_lag_s: float = 0.0
+    gaps_opened: int = 0
+    started_monotonic: float = field(default_factory=monotonic)
+
+
+def build_spec(cfg: GatewayConfig, sources: dict[str, str]) -> InventorySpec:
+    """The inventory's view of the config: what should exist."""
+    sites = tuple(SiteSpec(s.id, s.name) for s in cfg.sites)
+    assets = tuple(AssetSpec(s.id, a.id, a.name, a.kind) for s in cfg.sites for a in s.assets)
+    points = tuple(
+        PointSpec(
+            site=s.id, asset=a.id, point=p.id, device=p.device,
+            expected_interval=cfg.poll_interval(p), unit=p.unit,
+            source=sources.get(f"{s.id}/{a.id}/{p.id}", ""), name=p.name,
+        )
+        for s, a, p in cfg.iter_points()
+    )
+    devices = tuple(DeviceSpec(d.id, d.protocol, d.endpoint) for d in cfg.devices)
+    return InventorySpec(sites, assets, points, devices, gap_after=cfg.inventory.gap_after)
+
+
+def device_points(cfg: GatewayConfig) -> dict[str, list[ModbusPoint]]:
+    """Points per device id, in config order, as the Modbus connector takes them."""
+    out: dict[str, list[ModbusPoint]] = {d.id: [] for d in cfg.devices}
+    for s, a, p in cfg.iter_points():
+        out[p.device].append(ModbusPoint(f"{s.id}/{a.id}/{p.id}", p, cfg.poll_interval(p)))
+    return out
+
+
+class Runtime:
+    """Runs one gateway from a validated config until `stop()`.
+
+    Args:
+        cfg: Validated configuration.
+        config_dir: Directory relative paths (data_dir, store path) resolve against.
+        on_event: Optional callback for human-facing progress lines (state changes).
+    """
+
+    def __init__(
+        self,
+        cfg: GatewayConfig,
+        *,
+        config_dir: Path | None = None,
+        on_event: Callable[[str], None] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        base = config_dir or Path.cwd()
+        self.data_dir = (base / cfg.gateway.data_dir).resolve()
+        store_path = cfg.store.path or str(self.data_dir / "gateway.db")
+        self.store_path = (base / store_path).resolve()
+        self._on_event = on_event or (lambda _msg: None)
+        self._points = device_points(cfg)
+        sources: dict[str, str] = {}
+        for dev in cfg.devices:
+            sources.update(create_connector(dev, self._points[dev.id]).point_sources())
+        self.spec = build_spec(cfg, sources)
+        self.pipeline = Pipeline(
+            {
+                f"{s.id}/{a.id}/{p.id}": PointTransform(
+                    s.id, a.id, p.id, p.unit, p.scale, p.offset,
+                    p.range[0] if p.range else None, p.range[1] if p.range else None,
+                    sources.get(f"{s.id}/{a.id}/{p.id}", ""),
+                )
+                for s, a, p in cfg.iter_points()
+            }
+        )
+        self.devices = {
+            d.id: DeviceRun(d.id, tuple(p.key for p in self._points[d.id])) for d in cfg.devices
+        }
+        self.counters = Counters()
+        self.inventory = Inventory(self.spec, now=utc_now())
+        self.monitored_since = utc_now()
+        self.store: Store | None = None
+        self.alarms: list[str] = []
+        self.registry: CollectorRegistry = build_registry(self)
+        self._queue: asyncio.Queue[list[Reading]] = asyncio.Queue()
+        self._stopping = asyncio.Event()
+        self._started = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the store, restore the inventory, start device, writer and housekeeping tasks.
+
+        Raises:
+            OSError: The data directory cannot be created.
+        """
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.store = await Store.open(
+            self.store_path,
+            retention_hours=self.cfg.store.retention_hours,
+            max_bytes=self.cfg.store.max_bytes,
+        )
+        self.alarms.extend(self.store.alarms)
+        for alarm in self.store.alarms:
+            log.error("store alarm: %s", alarm)
+        now = utc_now()
+        since = await self.store.get_meta("monitored_since")
+        if since is None:
+            await self.store.set_meta("monitored_since", to_rfc3339(now) or "")
+        else:
+            self.monitored_since = datetime.fromisoformat(since)
+        last_alive_s = await self.store.get_meta("last_alive")
+        last_alive = datetime.fromisoformat(last_alive_s) if last_alive_s else None
+        latest = await self.store.load_latest()
+        gaps = await self.store.load_gaps()
+        down_gaps = self.inventory.restore(latest, gaps, last_alive, now)
+        if down_gaps:
+            await self.store.save_gaps(down_gaps)
+            self._on_event(
+                f"gateway was down since {to_rfc3339(last_alive)}: "
+                f"{len(down_gaps)} gateway_down gap(s) opened"
+            )
+        await self.store.set_meta("last_alive", to_rfc3339(now) or "")
+        self._tasks.append(asyncio.create_task(self._writer(), name="writer"))
+        self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
+        for i, dev in enumerate(self.cfg.devices):
+            self._tasks.append(
+                asyncio.create_task(self._device_loop(dev.id, i), name=f"device:{dev.id}")
+            )
+        self._started.set()
+
+    async def stop(self) -> None:
+        """Stop polling, commit what is queued, record `last_alive`, close the store."""
+        self._stopping.set()
+        device_tasks = [t for t in self._tasks if t.get_name().startswith("device:")]
+        for t in device_tasks:
+            t.cancel()
+        await asyncio.gather(*device_tasks, return_exceptions=True)
+        await self._queue.put([])  # wake the writer so it drains and exits
+        others = [t for t in self._tasks if t not in device_tasks]
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*others, return_exceptions=True), 10)
+        for t in others:
+            t.cancel()
+        self._tasks.clear()
+        if self.store is not None:
+            await self.store.set_meta("last_alive", to_rfc3339(utc_now()) or "")
+            await self.store.close()
+
+    # -- API context ---------------------------------------------------------------------
+
+    def now(self) -> datetime:
+        """Current aware UTC time."""
+        return utc_now()
+
+    async def usable_counts(self, since: datetime) -> dict[str, int]:
+        """Good/Uncertain readings per point key since `since` (for coverage)."""
+        if self.store is None:
+            return {}
+        return await self.store.count_usable(since)
+
+    def health(self) -> dict[str, object]:
+        """Liveness details."""
+        return {"status": "ok", "uptime_s": round(monotonic() - self.counters.started_monotonic, 1)}
+
+    def readiness(self) -> tuple[bool, dict[str, object]]:
+        """Ready once the store is open and the tasks run; details list devices up and alarms."""
+        up = sum(1 for d in self.devices.values() if d.link_up)
+        ready = self._started.is_set() and self.store is not None and not self._stopping.is_set()
+        return ready, {
+            "store": "ok" if self.store is not None else "closed",
+            "devices_up": up,
+            "devices_total": len(self.devices),
+            "alarms": list(self.alarms),
+        }
+
+    def metrics_registry(self) -> CollectorRegistry:
+        """The Prometheus registry of this gateway."""
+        return self.registry
+
+    # -- tasks ---------------------------------------------------------------------------
+
+    def _submit(self, readings: list[Reading]) -> None:
+        if readings:
+            self.counters.readings_in += len(readings)
+            self._queue.put_nowait(readings)
+
+    async def _writer(self) -> None:
+        """Commit queued readings in batches, then feed the inventory and persist gap changes."""
+        assert self.store is not None  # noqa: S101 - started by start()
+        while True:
+            batch = await self._queue.get()
+            while not self._queue.empty():
+                batch.extend(self._queue.get_nowait())
+            if batch:
+                await self.store.append(batch)
+                self.counters.readings_committed += len(batch)
+                self.counters.commit_batches += 1
+                changed = self.inventory.observe(batch)
+                await self._save_gaps(changed)
+            if self._stopping.is_set() and self._queue.empty():
+                return
+
+    async def _save_gaps(self, gaps: Sequence[Gap]) -> None:
+        if not gaps or self.store is None:
+            return
+        for g in gaps:
+            if g.end is None:
+                self.counters.gaps_opened += 1
+        await self.store.save_gaps(gaps)
+
+    async def _housekeeping(self) -> None:
+        """Stale-gap ticks, heartbeat, loop-lag measurement and retention purges."""
+        assert self.store is not None  # noqa: S101 - started by start()
+        next_beat = monotonic()
+        next_purge = monotonic() + 60
+        while not self._stopping.is_set():
+            t0 = monotonic()
+            await asyncio.sleep(TICK_S)
+            self.counters.loop_lag_s = max(0.0, monotonic() - t0 - TICK_S)
+            now = utc_now()
+            for run in self.devices.values():
+                if run.connector is not None:
+                    st = run.connector.stats
+                    self.inventory.poll_stats(
+                        run.device_id, latency_s=st.last_latency_s, polls=st.polls,
+                        overruns=st.overruns,
+                    )
+            await self._save_gaps(self.inventory.tick(now))
+            if monotonic() >= next_beat:
+                next_beat += HEARTBEAT_S
+                await self.store.set_meta("last_alive", to_rfc3339(now) or "")
+            if monotonic() >= next_purge:
+                next_purge += PURGE_S
+                deleted = await self.store.purge(now)
+                if deleted:
+                    log.info("retention purge removed %d readings", deleted)
+
+    async def _device_loop(self, device_id: str, index: int) -> None:
+        """Connect, poll and reconnect one device forever (until cancelled)."""
+        dev = self.cfg.device(device_id)
+        run = self.devices[device_id]
+        backoff = self.cfg.reconnect.initial
+        # Stagger the first connects so devices do not poll in phase.
+        await asyncio.sleep(min(0.05 * index, dev.poll_interval / 2))
+        while not self._stopping.is_set():
+            connector = create_connector(dev, self._points[device_id])
+            run.connector = connector
+            run.attempts += 1
+            try:
+                async with connector:
+                    self._link_up(run)
+                    backoff = self.cfg.reconnect.initial
+                    async for samples in connector.samples():
+                        now = utc_now()
+                        self._submit(self.pipeline.convert(samples, now))
+            except (ConnectError, LinkLost) as exc:
+                self._link_down(run, exc)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a connector bug must not kill the gateway
+                log.exception("device %s: unexpected error in connector", device_id)
+                self._link_down(run, exc)
+            if self._stopping.is_set():
+                return
+            delay = backoff * random.uniform(0.8, 1.2)
+            backoff = min(backoff * 2, self.cfg.reconnect.max)
+            await asyncio.sleep(delay)
+
+    def _link_up(self, run: DeviceRun) -> None:
+        now = utc_now()
+        if not run.link_up:
+            run.link_up = True
+            if run.ever_up:
+                log.warning("device %s: link restored", run.device_id)
+                self._on_event(f"device {run.device_id}: link restored")
+            else:
+                log.info("device %s: connected", run.device_id)
+                self._on_event(f"device {run.device_id}: connected")
+            run.ever_up = True
+        self.inventory.link_up(run.device_id, now)
+
+    def _link_down(self, run: DeviceRun, exc: BaseException) -> None:
+        now = utc_now()
+        error = str(exc) or type(exc).__name__
+        first_failure = run.attempts == 1 and not run.ever_up
+        if run.link_up or first_failure:
+            # A state change: log once, mark every point of the device BadNoCommunication.
+            verb = "link lost" if run.link_up else "cannot connect"
+            log.warning("device %s: %s: %s", run.device_id, verb, error)
+            self._on_event(f"device {run.device_id}: {verb}: {error}")
+            self._submit(self.pipeline.bad_for(run.point_keys, Q.BAD_NO_COMMUNICATION, now))
+        run.link_up = False
+        run.last_error = error
+        self.inventory.link_down(run.device_id, now, error)
+
+    # -- convenience ---------------------------------------------------------------------
+
+    async def wait_stopped(self) -> None:
+        """Block until `stop()` was called."""
+        await self._stopping.wait()
+
+    def request_stop(self) -> None:
+        """Ask `run_forever` to stop (signal-handler safe)."""
+        self._stopping.set()
+
+
+async def serve(
+    runtime: Runtime,
+    api_host: str | None,
+    api_port: int | None,
+    on_ready: Callable[[int | None], None] | None = None,
+) -> None:
+    """Start the runtime (and the API when a host and port are given), run until stop is requested.
+
+    Args:
+        runtime: The runtime to run.
+        api_host: Bind address of the API, or None for no API.
+        api_port: TCP port [0..65535] (0 = any free port), or None for no API.
+        on_ready: Called once with the API's bound port (or None) when everything runs.
+    """
+    from gateway.api.app import create_app  # noqa: PLC0415 - the API is optional here
+    from gateway.api.server import ApiServer  # noqa: PLC0415
+
+    await runtime.start()
+    server: ApiServer | None = None
+    try:
+        port: int | None = None
+        if api_host is not None and api_port is not None:
+            server = ApiServer(create_app(runtime), api_host, api_port)
+            port = await server.start()
+        if on_ready is not None:
+            on_ready(port)
+        await runtime.wait_stopped()
+    finally:
+        if server is not None:
+            await server.stop()
+        await runtime.stop()

@@ -1,0 +1,120 @@
+"""Config validation (R27): golden messages, exit codes, no traceback, nothing connects."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gateway.config import ConfigError, load_config, parse_config
+
+GOLDEN = Path(__file__).parent / "golden" / "config"
+ERROR_CASES = sorted(p.name for p in GOLDEN.iterdir() if (p / "expected.err").exists())
+
+
+def test_golden_cases_exist() -> None:
+    assert len(ERROR_CASES) >= 10
+
+
+@pytest.mark.parametrize("case", ERROR_CASES)
+def test_golden_error_messages(case: str) -> None:
+    """Each invalid config yields exactly the pinned `key.path: reason` lines."""
+    expected = (GOLDEN / case / "expected.err").read_text().splitlines()
+    with pytest.raises(ConfigError) as info:
+        load_config(GOLDEN / case / "config.yaml")
+    assert info.value.messages == expected
+
+
+def test_valid_config_with_csv_points() -> None:
+    cfg = load_config(GOLDEN / "valid_with_csv" / "config.yaml")
+    points = {p.id: p for _, _, p in cfg.iter_points()}
+    assert set(points) == {"speed", "temp", "flow"}
+    assert points["temp"].scale == pytest.approx(0.1)
+    assert points["temp"].range == (-20.0, 150.0)
+    assert points["temp"].unit == "Cel"
+    assert points["flow"].range is None
+    assert points["speed"].byte_order.value == "CDAB"
+    assert cfg.poll_interval(points["flow"]) == 1.0
+
+
+def test_default_timeout_follows_poll_interval() -> None:
+    cfg = parse_config("devices:\n  - {id: d, host: h, poll_interval: 0.2}\n")
+    assert cfg.devices[0].timeout == pytest.approx(0.1)
+    cfg = parse_config("devices:\n  - {id: d, host: h}\n")
+    assert cfg.devices[0].timeout == pytest.approx(0.5)
+
+
+def test_defaults_are_safe() -> None:
+    """S9: the API binds loopback unless configured."""
+    cfg = parse_config("")
+    assert cfg.api.host == "127.0.0.1"
+
+
+def test_env_reference_is_expanded_and_never_echoed(monkeypatch: pytest.MonkeyPatch) -> None:
+    sentinel = "SENTINEL-7f3a9c"
+    monkeypatch.setenv("OTGW_TEST_PORT", sentinel)
+    monkeypatch.setenv("OTGW_TEST_HOST", "10.0.0.7")
+    text = "devices:\n  - {id: d, host: '${OTGW_TEST_HOST}', port: '${OTGW_TEST_PORT}'}\n"
+    with pytest.raises(ConfigError) as info:
+        parse_config(text)
+    assert sentinel not in str(info.value)
+    assert info.value.messages[0].startswith("devices[0].port: ")
+    monkeypatch.setenv("OTGW_TEST_PORT", "1502")
+    cfg = parse_config(text)
+    assert (cfg.devices[0].host, cfg.devices[0].port) == ("10.0.0.7", 1502)
+
+
+def _run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONWARNINGS": "error::UserWarning"}
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args],
+        capture_output=True, text=True, timeout=60, env=env, check=False,
+    )
+
+
+@pytest.mark.parametrize("case", ["bad_yaml", "unknown_key", "port_out_of_range", "missing_device"])
+def test_check_config_exit_code_and_no_traceback(case: str) -> None:
+    proc = _run_cli("check-config", str(GOLDEN / case / "config.yaml"))
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr + proc.stdout
+    first = (GOLDEN / case / "expected.err").read_text().splitlines()[0]
+    assert first in proc.stderr
+
+
+def test_check_config_ok_summary() -> None:
+    proc = _run_cli("check-config", str(GOLDEN / "valid_with_csv" / "config.yaml"))
+    assert proc.returncode == 0, proc.stderr
+    assert "1 site(s), 1 asset(s), 3 point(s), 1 device(s)" in proc.stdout
+
+
+def test_run_with_invalid_config_opens_no_connection(tmp_path: Path) -> None:
+    """R27: invalid config fails before anything connects."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    listener.setblocking(False)
+    port = listener.getsockname()[1]
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(
+        "sites:\n  - id: s\n    assets:\n      - id: a\n        points:\n"
+        "          - {id: p, device: d, register: holding, address: 0}\n"
+        f"devices:\n  - {{id: d, host: 127.0.0.1, port: {port}, bogus: 1}}\n"
+    )
+    proc = _run_cli("run", "-c", str(cfg))
+    assert proc.returncode == 2
+    assert "devices[0].bogus: unknown key" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    with pytest.raises(BlockingIOError):
+        listener.accept()
+    listener.close()
+
+
+def test_missing_file() -> None:
+    proc = _run_cli("check-config", "/nonexistent/plant.yaml")
+    assert proc.returncode == 2
+    assert "cannot read" in proc.stderr
+    assert "Traceback" not in proc.stderr
