@@ -1,1 +1,1 @@
-"""The HTTP API: FastAPI app factory (`gateway.api.app.create_app`) and server (`gateway.api.server`)."""
+"""The HTTP API: the app factory (`gateway.api.app.create_app`) and `gateway.api.server`."""

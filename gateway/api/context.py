@@ -11,9 +11,8 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     from datetime import datetime
 
-    from prometheus_client import CollectorRegistry
-
     from inventory.inventory import Inventory
+    from prometheus_client import CollectorRegistry
 
 
 class ApiContext(Protocol):

@@ -22,6 +22,4 @@ CtxDep = Annotated[ApiContext, Depends(get_ctx)]
 SiteId = Annotated[
     str, Path(pattern=SLUG, description="Site id (slug `[a-z0-9][a-z0-9_.-]{0,62}`)")
 ]
-AssetId = Annotated[
-    str, Path(pattern=SLUG, description="Asset id within its site (slug)")
-]
+AssetId = Annotated[str, Path(pattern=SLUG, description="Asset id within its site (slug)")]

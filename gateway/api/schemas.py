@@ -101,9 +101,7 @@ class GapOut(_Out):
         description="First good sample after the gap (RFC 3339 UTC); null while open"
     )
     open: bool = Field(description="True while the gap is open (no good sample yet)")
-    duration_s: float | None = Field(
-        description="end − start, or now − start while open [s]"
-    )
+    duration_s: float | None = Field(description="end − start, or now − start while open [s]")
     last_good: Timestamp | None = Field(
         description="Source time of the last good sample before the gap (RFC 3339 UTC)"
     )
@@ -216,9 +214,7 @@ class PointOut(_Out):
         description="OPC UA StatusCode of the last value (uint32); null when never seen"
     )
     quality_name: str | None = Field(description="Name of the StatusCode, e.g. `BadTimeout`")
-    severity: Severity | None = Field(
-        description="Severity of the StatusCode (bits 30-31)"
-    )
+    severity: Severity | None = Field(description="Severity of the StatusCode (bits 30-31)")
     last_seen: Timestamp | None = Field(description="Last reading of any quality (RFC 3339 UTC)")
     last_good: Timestamp | None = Field(description="Last Good/Uncertain reading (RFC 3339 UTC)")
     open_gap: GapOut | None = Field(description="The point's open data gap, if any")
@@ -352,6 +348,4 @@ class ReadyOut(_Out):
 
     ready: bool = Field(description="True when ready (HTTP 200), false otherwise (HTTP 503)")
     status: Literal["ready", "not_ready"] = Field(description="`ready` or `not_ready`")
-    details: dict[str, Any] = Field(
-        description="Store state, devices up/total, alarms"
-    )
+    details: dict[str, Any] = Field(description="Store state, devices up/total, alarms")

@@ -40,7 +40,7 @@ def _utc(name: str, value: datetime | None) -> datetime | None:
 
 
 @router.get("", summary="List data gaps")
-async def list_gaps(  # noqa: PLR0913 - one argument per filter
+async def list_gaps(
     ctx: CtxDep,
     site: Annotated[str | None, Query(pattern=SLUG, description="Site id")] = None,
     asset: Annotated[str | None, Query(pattern=SLUG, description="Asset id")] = None,
@@ -53,7 +53,7 @@ async def list_gaps(  # noqa: PLR0913 - one argument per filter
         AwareDatetime | None,
         Query(description=f"Only gaps starting before this time; {_TIME_DOC}"),
     ] = None,
-    open: Annotated[  # noqa: A002 - the public parameter name
+    open: Annotated[
         bool | None, Query(description="true: only open gaps; false: only closed gaps")
     ] = None,
 ) -> list[GapOut]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 
 from gateway import __version__
@@ -14,7 +14,8 @@ router = APIRouter(tags=["page"])
 
 _STYLE = (
     "body{font-family:system-ui,sans-serif;margin:2rem;color:#222}"
-    "table{border-collapse:collapse}th,td{border:1px solid #ccc;padding:.3rem .6rem;text-align:left}"
+    "table{border-collapse:collapse}"
+    "th,td{border:1px solid #ccc;padding:.3rem .6rem;text-align:left}"
     ".online{color:#070}.degraded{color:#a60}.offline{color:#b00}.unknown{color:#666}"
 )
 
@@ -79,7 +80,7 @@ _PAGE = f"""<!doctype html>
 </head>
 <body>
 <h1>ot-gateway</h1>
-<p>Version {__version__}. <a href="docs">API documentation</a> ·
+<p>Version {__version__}. @DOCS@
 <a href="openapi.json">OpenAPI schema</a> · <a href="metrics">Metrics</a></p>
 <p>API: <a href="api/v1/sites">sites</a> · <a href="api/v1/assets">assets</a> ·
 <a href="api/v1/devices">devices</a> · <a href="api/v1/gaps?open=true">open gaps</a> ·
@@ -99,9 +100,10 @@ _PAGE = f"""<!doctype html>
 
 
 @router.get("/", include_in_schema=False)
-async def home() -> HTMLResponse:
+async def home(request: Request) -> HTMLResponse:
     """The placeholder operator page."""
+    docs = '<a href="docs">API documentation</a> ·' if request.app.docs_url else ""
     return HTMLResponse(
-        _PAGE,
+        _PAGE.replace("@DOCS@", docs),
         headers={"Content-Security-Policy": _CSP, "X-Content-Type-Options": "nosniff"},
     )
