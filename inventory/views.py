@@ -90,6 +90,8 @@ class PointView:
     last_seen: datetime | None
     last_good: datetime | None
     open_gap: Gap | None
+    since: datetime | None = None
+    """When the point entered its current `state` (aware UTC), or None if unknown."""
 
 
 @dataclass(frozen=True, slots=True)

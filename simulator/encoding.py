@@ -107,7 +107,10 @@ def encode_value(
     if scale is not None:
         number *= scale
     if dtype in _FLOAT_FMT:
-        raw = struct.pack(_FLOAT_FMT[dtype], number)
+        try:
+            raw = struct.pack(_FLOAT_FMT[dtype], number)
+        except OverflowError:  # beyond float32: serve ±inf, as a real device would overflow
+            raw = struct.pack(_FLOAT_FMT[dtype], math.copysign(math.inf, number))
     else:
         bits, _signed = _INT_BITS[dtype]
         raw_int = round(number) if math.isfinite(number) else 0

@@ -80,6 +80,7 @@ def create_app(
         openapi_url="/openapi.json",
         lifespan=_lifespan,
         generate_unique_id_function=_operation_id,
+        redirect_slashes=False,  # `/sites/../` must be a 404, not a redirect to `/sites/..`
     )
     app.state.ctx = ctx
     app.add_exception_handler(Exception, _unhandled)

@@ -1,0 +1,165 @@
+"""Run a whole profile: start every device, play the fault schedule, write truth/stats/ready."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from simulator.config import Fault, Profile
+from simulator.faults import FaultKey, Transition, run_schedule
+from simulator.modbus_server import ModbusDevice, suppress_pymodbus_logs
+from simulator.truth import TruthWriter, atomic_write_json, fault_record, rfc3339, utc_now
+
+log = logging.getLogger("simulator")
+
+#: Seconds between two rewrites of the stats file.
+STATS_INTERVAL = 0.5
+
+
+class SimulatorError(Exception):
+    """The simulator cannot run (e.g. a port cannot be bound); ``str()`` is the message."""
+
+
+class Simulator:
+    """All devices of a profile in one process.
+
+    Args:
+        profile: the validated profile.
+        truth_path: ground-truth JSON Lines file (None: off).
+        stats_path: stats JSON file (None: off).
+        ready_path: ready JSON file, written once every device listens (None: off):
+            ``{"pid", "started", "devices": {id: {"host", "port"}}}``; ``started`` (RFC 3339
+            UTC) is t = 0 of the fault schedule.
+    """
+
+    def __init__(
+        self,
+        profile: Profile,
+        truth_path: str | Path | None = None,
+        stats_path: str | Path | None = None,
+        ready_path: str | Path | None = None,
+    ) -> None:
+        self.profile = profile
+        self.devices = [ModbusDevice(cfg, profile.seed) for cfg in profile.devices]
+        self._truth = TruthWriter(truth_path)
+        self._stats_path = Path(stats_path) if stats_path is not None else None
+        self._ready_path = Path(ready_path) if ready_path is not None else None
+        self._faults: dict[FaultKey, Fault] = {
+            (d, f): fault
+            for d, dev in enumerate(profile.devices)
+            for f, fault in enumerate(dev.faults)
+        }
+        self._tasks: list[asyncio.Task[None]] = []
+        self.t0 = 0.0
+        self.started = utc_now()
+
+    def ports(self) -> dict[str, dict[str, Any]]:
+        """Device id → ``{"host": ..., "port": ...}`` (actual ports once started)."""
+        return {d.id: {"host": d.host, "port": d.port} for d in self.devices}
+
+    def stats(self) -> dict[str, Any]:
+        """The stats file content: ``{"devices": {id: counters}}``."""
+        return {"devices": {d.id: d.stats_snapshot() for d in self.devices}}
+
+    async def start(self) -> None:
+        """Open every listener, write the ready file, start the fault schedule (t = 0).
+
+        Raises:
+            SimulatorError: a device cannot listen.
+        """
+        suppress_pymodbus_logs()
+        try:
+            for device in self.devices:
+                await device.start()
+        except OSError as exc:
+            await self.stop()
+            raise SimulatorError(str(exc)) from None
+        self.t0 = time.monotonic()
+        self.started = utc_now()
+        if self._ready_path is not None:
+            atomic_write_json(
+                self._ready_path,
+                {"pid": os.getpid(), "started": rfc3339(self.started), "devices": self.ports()},
+            )
+        log.info("simulator ready: %d devices", len(self.devices))
+        loop = asyncio.get_running_loop()
+        if self._faults:
+            self._tasks.append(loop.create_task(run_schedule(self._faults, self.t0, self._apply)))
+        if self._stats_path is not None:
+            self._tasks.append(loop.create_task(self._stats_loop()))
+
+    async def _apply(self, tr: Transition) -> None:
+        dev_idx, fault_idx = tr.key
+        device = self.devices[dev_idx]
+        if tr.begin:
+            await device.begin_fault(fault_idx, self._faults[tr.key])
+            return
+        active = await device.end_fault(fault_idx)
+        if active is not None:
+            self._truth.write(fault_record(device.id, active.fault, active.started, utc_now()))
+
+    def write_stats(self) -> None:
+        """Rewrite the stats file now (atomically)."""
+        if self._stats_path is not None:
+            atomic_write_json(self._stats_path, self.stats())
+
+    async def _stats_loop(self) -> None:
+        while True:
+            self.write_stats()
+            await asyncio.sleep(STATS_INTERVAL)
+
+    async def stop(self) -> None:
+        """Stop the schedule, record faults in progress (ended now), close all, final stats."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        end = utc_now()
+        for device in self.devices:
+            for active in device.faults.active.values():
+                self._truth.write(fault_record(device.id, active.fault, active.started, end))
+            device.faults.active.clear()
+            await device.stop()
+        self.write_stats()
+        log.info("simulator stopped")
+
+
+async def run(
+    profile: Profile,
+    truth_path: str | Path | None = None,
+    stats_path: str | Path | None = None,
+    ready_path: str | Path | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Serve ``profile`` until ``stop`` is set (or the task is cancelled), then clean up.
+
+    Paths default to the profile's ``truth``/``stats`` keys when None.
+
+    Args:
+        profile: the validated profile.
+        truth_path: ground-truth JSON Lines file.
+        stats_path: stats JSON file, rewritten every 0.5 s and at exit.
+        ready_path: ready JSON file ``{"pid", "started", "devices": {id: {"host", "port"}}}``.
+        stop: set it to stop; None runs until cancelled.
+
+    Raises:
+        SimulatorError: a device cannot listen.
+    """
+    sim = Simulator(
+        profile,
+        truth_path if truth_path is not None else profile.truth,
+        stats_path if stats_path is not None else profile.stats,
+        ready_path,
+    )
+    await sim.start()
+    try:
+        await (stop or asyncio.Event()).wait()
+    finally:
+        await sim.stop()
