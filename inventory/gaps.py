@@ -6,7 +6,7 @@ Nothing here does I/O or reads a clock; `inventory.inventory.Inventory` wires th
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from datetime import datetime
 
 from gateway.quality import Q, Quality
@@ -69,39 +69,60 @@ def overlaps(gap: Gap, since: datetime | None, until: datetime | None) -> bool:
 
 
 class DeadlineHeap:
-    """One-shot deadlines for many items, with lazy invalidation.
+    """One-shot deadlines for many items: a heap of time buckets with lazy invalidation.
 
-    Each item (an int index) has at most one *current* deadline. Moving a deadline later is an
-    O(1) assignment: the queued heap entry stays where it is and is re-queued with the current
-    deadline only when it reaches the top. Moving it earlier pushes a new entry; the old one is
-    discarded when it surfaces. Hence `pop_due` costs O((d + r) log n), where d is the number of
-    deadlines that fired and r the number of entries re-queued because their item was refreshed
-    since they were queued; items whose deadline is in the future are never touched. An item
-    refreshed every interval is re-queued at most once per ``gap_after × interval``.
+    Each item (an int index) has at most one current deadline, kept in the bucket
+    ``floor(deadline / resolution)``. A heap orders the bucket numbers. Moving a deadline (every
+    reading does) is O(1) amortised: the item moves to its new bucket, and a bucket that runs
+    empty stays in the heap until it surfaces, where it is dropped (lazy invalidation). So
+    `pop_due` only ever looks at buckets that begin before ``now`` and at the items in them,
+    whose deadlines are all due or within one bucket of due: its cost is independent of the
+    number of healthy points (their deadlines lie in the future). The cost per call is at most
+    ``(elapsed / resolution + 1)`` bucket pops plus the due items plus the items of the one
+    bucket that straddles ``now``.
 
     Deadlines are POSIX seconds (float). A deadline fires when ``now > deadline``.
 
     Attributes:
-        examined: Heap entries popped so far, over the object's life [count] (for tests/metrics).
-        last_examined: Entries popped by the latest `pop_due` call [count].
+        resolution: Bucket width [s] (> 0); affects bookkeeping only, never when a deadline
+            fires.
+        examined: Heap entries popped plus items looked at, over the object's life [count].
+        last_examined: The same for the latest `pop_due` call [count] (the cost metric).
     """
 
-    __slots__ = ("_current", "_heap", "_queued", "examined", "last_examined")
+    __slots__ = (
+        "_bucket",
+        "_buckets",
+        "_current",
+        "_heap",
+        "examined",
+        "last_examined",
+        "resolution",
+    )
 
-    def __init__(self, size: int) -> None:
-        """Create an empty heap for items ``0 .. size-1``.
+    def __init__(self, size: int, *, resolution: float = 0.1) -> None:
+        """Create an empty structure for items ``0 .. size-1``.
 
         Args:
             size: Number of items [count, >= 0].
+            resolution: Bucket width [s] (> 0).
+
+        Raises:
+            ValueError: `resolution` is not positive.
         """
-        self._heap: list[tuple[float, int]] = []
+        if not resolution > 0:
+            msg = f"resolution must be > 0, got {resolution!r}"
+            raise ValueError(msg)
+        self.resolution = resolution
+        self._heap: list[int] = []
+        self._buckets: dict[int, set[int]] = {}
         self._current: list[float | None] = [None] * size
-        self._queued: list[float | None] = [None] * size
+        self._bucket: list[int | None] = [None] * size
         self.examined = 0
         self.last_examined = 0
 
     def __len__(self) -> int:
-        """Entries in the heap, including invalidated ones [count]."""
+        """Buckets in the heap, including emptied ones not yet dropped [count]."""
         return len(self._heap)
 
     def get(self, item: int) -> float | None:
@@ -116,48 +137,75 @@ class DeadlineHeap:
             deadline: POSIX time [s].
         """
         self._current[item] = deadline
-        queued = self._queued[item]
-        if queued is None or deadline < queued:
-            self._queued[item] = deadline
-            heapq.heappush(self._heap, (deadline, item))
+        bucket = int(deadline // self.resolution)
+        old = self._bucket[item]
+        if old == bucket:
+            return
+        buckets = self._buckets
+        if old is not None:
+            members = buckets.get(old)
+            if members is not None:
+                members.discard(item)
+        members = buckets.get(bucket)
+        if members is None:
+            members = buckets[bucket] = set()
+            heapq.heappush(self._heap, bucket)
+        members.add(item)
+        self._bucket[item] = bucket
 
     def clear(self, item: int) -> None:
-        """Remove the item's deadline (its queued entry is dropped lazily)."""
+        """Remove the item's deadline."""
         self._current[item] = None
+        old = self._bucket[item]
+        if old is not None:
+            members = self._buckets.get(old)
+            if members is not None:
+                members.discard(item)
+            self._bucket[item] = None
 
-    def pop_due(self, now: float) -> Iterator[tuple[int, float]]:
-        """Yield ``(item, deadline)`` for every item whose deadline is before `now`.
+    def pop_due(self, now: float) -> list[tuple[int, float]]:
+        """Remove and return every item whose deadline is before `now`.
 
-        A fired item has no deadline afterwards until `set` is called again. Items are yielded in
-        deadline order. The generator must be exhausted for `last_examined` to be final.
+        A returned item has no deadline afterwards until `set` is called again.
 
         Args:
             now: POSIX time [s].
 
-        Yields:
-            Item index and the deadline that fired [s].
+        Returns:
+            ``(item, deadline)`` pairs ordered by deadline.
         """
         heap = self._heap
+        buckets = self._buckets
         current = self._current
-        queued = self._queued
+        bucket_of = self._bucket
+        width = self.resolution
+        due: list[tuple[int, float]] = []
+        straddling: list[tuple[int, set[int]]] = []
         examined = 0
-        self.last_examined = 0
-        try:
-            while heap and heap[0][0] < now:
-                deadline, item = heapq.heappop(heap)
+        while heap and heap[0] * width < now:
+            bucket = heapq.heappop(heap)
+            examined += 1
+            members = buckets.pop(bucket, None)
+            if not members:
+                continue  # emptied since it was pushed
+            keep: set[int] = set()
+            for item in members:
                 examined += 1
-                if queued[item] != deadline:
-                    continue  # superseded by an earlier entry of the same item
-                queued[item] = None
-                cur = current[item]
-                if cur is None:
-                    continue
-                if cur >= now:
-                    queued[item] = cur  # refreshed since it was queued: re-queue, not due
-                    heapq.heappush(heap, (cur, item))
-                    continue
-                current[item] = None
-                yield item, cur
-        finally:
-            self.examined += examined
-            self.last_examined = examined
+                deadline = current[item]
+                if deadline is None:
+                    bucket_of[item] = None
+                elif deadline < now:
+                    current[item] = None
+                    bucket_of[item] = None
+                    due.append((item, deadline))
+                else:
+                    keep.add(item)  # same bucket, not due yet
+            if keep:
+                straddling.append((bucket, keep))
+        for bucket, keep in straddling:
+            buckets[bucket] = keep
+            heapq.heappush(heap, bucket)
+        due.sort(key=lambda pair: pair[1])
+        self.examined += examined
+        self.last_examined = examined
+        return due

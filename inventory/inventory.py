@@ -201,12 +201,12 @@ class Inventory:
 
     @property
     def tick_examined(self) -> int:
-        """Deadline-heap entries examined by the latest `tick` [count] (cost metric)."""
+        """Heap entries popped plus points looked at by the latest `tick` [count] (cost)."""
         return self._heap.last_examined
 
     @property
     def heap_size(self) -> int:
-        """Entries in the deadline heap, including lazily invalidated ones [count]."""
+        """Time buckets in the deadline heap, including emptied ones not yet dropped [count]."""
         return len(self._heap)
 
     # ------------------------------------------------------------------ state machine
@@ -547,9 +547,9 @@ class Inventory:
         A point with no open gap whose last reading (or the monitoring start, if never seen)
         is older than ``gap_after × expected_interval`` on the gateway clock opens a gap with
         ``start = last_good + expected_interval`` (or the monitoring start) and cause `stale`
-        (`device_offline` if its device's link is down). Cost: O((d + r) log n) for d due
-        deadlines and r re-queued entries, independent of the number of quiet, healthy points
-        (see `inventory.gaps.DeadlineHeap`; the count is in `tick_examined`).
+        (`device_offline` if its device's link is down). Cost: the due points plus the time
+        buckets that elapsed since the last tick, independent of the number of quiet, healthy
+        points (see `inventory.gaps.DeadlineHeap`; the count is in `tick_examined`).
 
         Args:
             now: Current time (aware UTC).

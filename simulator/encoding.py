@@ -103,6 +103,10 @@ def encode_value(
     """
     if dtype == "string":
         return encode_string(value, length or 1)
+    if dtype in _INT_BITS and isinstance(value, int) and (scale is None or scale.is_integer()):
+        bits, _signed = _INT_BITS[dtype]
+        exact = int(value) * (int(scale) if scale is not None else 1)  # no float rounding
+        return to_words(reorder((exact % (1 << bits)).to_bytes(bits // 8, "big"), byte_order))
     number = _as_number(value)
     if scale is not None:
         number *= scale

@@ -14,6 +14,7 @@ Event                       Quality                      ``stats.errors`` key
 ==========================  ===========================  =====================================
 no response in ``timeout``  ``BadTimeout``               ``timeout`` (per attempt; ``retries``
                                                          extra attempts first)
+unit silent in this cycle   ``BadTimeout`` (not sent)    ``timeout_skipped`` (per request)
 exception 02                ``BadOutOfRange``            ``exception_02``; the request is
                                                          bisected, the split is cached
 exception 06 (busy)         retried at once, up to       ``exception_06`` (per response)
@@ -190,19 +191,24 @@ class ModbusConnector:
             f"{p.address.table.short}/{p.address.address}"
             for p in points
         }
-        self._schedules = [
+        self._schedules = self._build_schedules()
+        self._client: AsyncModbusTcpClient | None = None
+        self._in_request = False
+        self._link_down = asyncio.Event()
+        self._timeout_cycles = 0
+
+    def _build_schedules(self) -> list[_Schedule]:
+        """Fresh per-group state from the plan (drops any cached 02 split)."""
+        device_id = self._device.id
+        return [
             _Schedule(
                 interval=group.poll_interval,
-                phase=_phase(device.id, group.poll_interval),
+                phase=_phase(device_id, group.poll_interval),
                 ops=[self._make_op(r) for r in group.requests],
                 rejected=tuple(p.key for p in group.rejected),
             )
             for group in self.plan
         ]
-        self._client: AsyncModbusTcpClient | None = None
-        self._in_request = False
-        self._link_down = asyncio.Event()
-        self._timeout_cycles = 0
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -234,6 +240,7 @@ class ModbusConnector:
         self._client = client
         self._link_down = asyncio.Event()
         self._timeout_cycles = 0
+        self._schedules = self._build_schedules()  # re-learn 02 ranges on every connection
         return self
 
     async def __aexit__(
@@ -265,7 +272,7 @@ class ModbusConnector:
             return
         future = getattr(getattr(self._client, "ctx", None), "response_future", None)
         if isinstance(future, asyncio.Future) and not future.done():
-            future.set_exception(ConnectionException("connection closed by peer"))
+            future.set_exception(ConnectionException("connection closed"))
 
     def point_sources(self) -> dict[str, str]:
         """Map point key -> ``modbus://host:port/<unit>/<hr|ir|co|di>/<address>``."""
@@ -328,35 +335,50 @@ class ModbusConnector:
             yield batch
 
     async def _poll(self, sched: _Schedule) -> list[Sample]:
-        """One cycle of a group: read every op, decode, bisect on 02. Raises LinkLost."""
+        """One cycle of a group: read every op, decode, bisect on 02. Raises LinkLost.
+
+        A unit whose first answered-or-not request of the cycle timed out is *silent*: its
+        remaining requests in this cycle are not sent and their points get ``BadTimeout``
+        (``stats.errors["timeout_skipped"]`` per skipped request), so a dead device costs one
+        ``timeout × (retries + 1)`` per cycle, not one per request, while other unit ids behind
+        the same gateway are still polled.
+        """
         batch: list[Sample] = []
         clock = self._clock
         sent = timeouts = 0
+        silent: set[int] = set()  # units that timed out before answering in this cycle
+        answered: set[int] = set()
         next_ops: list[_Op] | None = None  # the group's new op list, once a 02 split it
         for index, op in enumerate(sched.ops):
-            if op.probe_at is not None and clock.monotonic() < op.probe_at:
+            unit = op.request.unit_id
+            if unit in silent:
+                self.stats.errors["timeout_skipped"] += 1
+                self._emit_failure(op, _TIMEOUT, clock.utc_now(), batch)
+            elif op.probe_at is not None and clock.monotonic() < op.probe_at:
                 self._emit_failure(op, _OUT_OF_RANGE, clock.utc_now(), batch)
-                if next_ops is not None:
-                    next_ops.append(op)
-                continue
-            outcome = await self._read(op.request)
-            arrived = clock.utc_now()
-            sent += 1
-            if outcome is _TIMEOUT:
-                timeouts += 1
-            if outcome is _OUT_OF_RANGE and op.probe_at is None and len(op.slots) > 1:
-                pieces = await self._bisect(op, known_failed=True)
-                if next_ops is None:
-                    next_ops = sched.ops[:index]
-                next_ops.extend(self._merge_bad([piece for piece, _, _ in pieces]))
-                for piece, piece_outcome, piece_time in pieces:
-                    self._emit(piece, piece_outcome, piece_time, batch)
-                continue
-            if outcome is _OUT_OF_RANGE:
-                op.probe_at = clock.monotonic() + self._reprobe_interval
-            elif op.probe_at is not None and not isinstance(outcome, _Failure):
-                op.probe_at = None
-            self._emit(op, outcome, arrived, batch)
+            else:
+                outcome = await self._read(op.request)
+                arrived = clock.utc_now()
+                sent += 1
+                if outcome is _TIMEOUT:
+                    timeouts += 1
+                    if unit not in answered:
+                        silent.add(unit)
+                else:
+                    answered.add(unit)
+                if outcome is _OUT_OF_RANGE and op.probe_at is None and len(op.slots) > 1:
+                    pieces = await self._bisect(op, known_failed=True)
+                    if next_ops is None:
+                        next_ops = sched.ops[:index]
+                    next_ops.extend(self._merge_bad([piece for piece, _, _ in pieces]))
+                    for piece, piece_outcome, piece_time in pieces:
+                        self._emit(piece, piece_outcome, piece_time, batch)
+                    continue
+                if outcome is _OUT_OF_RANGE:
+                    op.probe_at = clock.monotonic() + self._reprobe_interval
+                elif op.probe_at is not None and not isinstance(outcome, _Failure):
+                    op.probe_at = None
+                self._emit(op, outcome, arrived, batch)
             if next_ops is not None:
                 next_ops.append(op)
         if next_ops is not None:
@@ -378,9 +400,7 @@ class ModbusConnector:
             self._timeout_cycles = 0
         return batch
 
-    async def _bisect(
-        self, op: _Op, *, known_failed: bool
-    ) -> list[tuple[_Op, _Outcome, datetime]]:
+    async def _bisect(self, op: _Op, *, known_failed: bool) -> list[tuple[_Op, _Outcome, datetime]]:
         """Split a request answering 02 until every piece reads or is one bad point.
 
         A piece is read unless ``known_failed``; a multi-point right half is inferred to fail,
@@ -400,9 +420,7 @@ class ModbusConnector:
         request = op.request
         middle = len(request.points) // 2
         left = self._make_op(make_request(request.unit_id, request.table, request.points[:middle]))
-        right = self._make_op(
-            make_request(request.unit_id, request.table, request.points[middle:])
-        )
+        right = self._make_op(make_request(request.unit_id, request.table, request.points[middle:]))
         pieces = await self._bisect(left, known_failed=False)
         left_good = (
             len(pieces) == 1 and pieces[0][0] is left and not isinstance(pieces[0][1], _Failure)
@@ -419,9 +437,7 @@ class ModbusConnector:
             if last is not None and last.probe_at is not None and op.probe_at is not None:
                 request = last.request
                 joined = self._make_op(
-                    make_request(
-                        request.unit_id, request.table, request.points + op.request.points
-                    )
+                    make_request(request.unit_id, request.table, request.points + op.request.points)
                 )
                 joined.probe_at = max(last.probe_at, op.probe_at)
                 merged[-1] = joined
@@ -434,9 +450,7 @@ class ModbusConnector:
         start = request.start
         return _Op(
             request,
-            tuple(
-                _Slot(p.key, p.address.address - start, decoders[p.key]) for p in request.points
-            ),
+            tuple(_Slot(p.key, p.address.address - start, decoders[p.key]) for p in request.points),
         )
 
     def _emit(self, op: _Op, outcome: _Outcome, when: datetime, batch: list[Sample]) -> None:
@@ -534,4 +548,3 @@ class ModbusConnector:
         self._close()
         msg = f"{self._device.endpoint}: protocol error ({kind}): {detail}"
         raise LinkLost(msg)
-
