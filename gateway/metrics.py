@@ -91,6 +91,6 @@ class RuntimeCollector(Collector):
 
 def build_registry(runtime: Runtime) -> CollectorRegistry:
     """A fresh registry holding only this gateway's collector (no process-global state)."""
-    registry = CollectorRegistry(auto_describe=True)
+    registry = CollectorRegistry(auto_describe=False)
     registry.register(RuntimeCollector(runtime))
     return registry
