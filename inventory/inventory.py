@@ -117,6 +117,10 @@ class Inventory:
             once ``gap_after × expected_interval`` has passed.
         closed_gap_cap: Closed gaps kept in memory (oldest evicted first; they stay in the
             store) [count, >= 0].
+        tick_grace: `tick` fires a deadline only once it is this much in the past [s, >= 0]:
+            room for readings already acquired but not yet observed (store commit, loop lag),
+            so a slow commit never makes an on-time reading look late. It delays detection
+            only; gap bounds come from the readings, not from when the tick ran.
 
     Attributes:
         unknown_readings: Readings observed whose key is not configured [count].
@@ -125,9 +129,15 @@ class Inventory:
     """
 
     def __init__(
-        self, spec: InventorySpec, *, now: datetime, closed_gap_cap: int = 10_000
+        self,
+        spec: InventorySpec,
+        *,
+        now: datetime,
+        closed_gap_cap: int = 10_000,
+        tick_grace: float = 0.5,
     ) -> None:
         self._spec = spec
+        self._tick_grace = max(0.0, tick_grace)
         self._gap_after = spec.gap_after
         self._started = now
         self._sites: dict[str, _Site] = {}
@@ -545,7 +555,8 @@ class Inventory:
         """Fire due freshness deadlines: open `stale` gaps and update states.
 
         A point with no open gap whose last reading (or the monitoring start, if never seen)
-        is older than ``gap_after × expected_interval`` on the gateway clock opens a gap with
+        is older than ``gap_after × expected_interval`` (+ ``tick_grace``) on the gateway clock
+        opens a gap with
         ``start = last_good + expected_interval`` (or the monitoring start) and cause `stale`
         (`device_offline` if its device's link is down). Cost: the due points plus the time
         buckets that elapsed since the last tick, independent of the number of quiet, healthy
@@ -559,7 +570,7 @@ class Inventory:
         """
         changed: dict[str, Gap] = {}
         now_ts = now.timestamp()
-        for idx, deadline in self._heap.pop_due(now_ts):
+        for idx, deadline in self._heap.pop_due(now_ts - self._tick_grace):
             p = self._points[idx]
             if p.open_gap is None:
                 self._open_stale(p, changed)

@@ -172,7 +172,7 @@ def test_cause_follows_the_first_bad_quality(code: int, cause: GapCause) -> None
 
 
 def test_stale_gap_via_tick_starts_one_interval_after_last_good() -> None:
-    inv = Inventory(make_spec(interval=2.0, gap_after=3.0), now=s(0))
+    inv = Inventory(make_spec(interval=2.0, gap_after=3.0), now=s(0), tick_grace=0.0)
     inv.observe([rd(0.5), rd(2.5), rd(4.5)])
     assert inv.tick(s(10.5)) == []  # 10.5 - 4.5 = 6.0 = 3 × 2: not yet "older than"
     (g,) = inv.tick(s(10.6))
@@ -200,6 +200,19 @@ def test_stale_gap_bounds_do_not_depend_on_tick_timing() -> None:
     ]
 
 
+def test_tick_grace_covers_readings_acquired_before_the_tick_but_observed_after() -> None:
+    """A slow commit must not turn an on-time reading into an invented gap."""
+    inv = Inventory(make_spec(interval=0.1), now=s(0), tick_grace=0.5)
+    inv.observe([rd(1.0)])
+    # acquired at 1.1 (on time), commit takes 0.4 s; the tick at 1.45 runs first
+    assert inv.tick(s(1.45)) == []
+    assert inv.observe([rd(1.1)]) == []
+    # really silent: the tick fires once the deadline is tick_grace in the past
+    assert inv.tick(s(1.84)) == []  # deadline 1.1 + 2.5 × 0.1 = 1.35, + grace = 1.85
+    (g,) = inv.tick(s(1.86))
+    assert (g.start, g.last_good) == (s(1.2), s(1.1))
+
+
 def test_bad_reading_while_stale_gap_open_keeps_the_first_gap() -> None:
     inv = Inventory(make_spec(), now=s(0))
     inv.observe([rd(1)])
@@ -221,7 +234,7 @@ def test_bad_reading_after_silence_opens_stale_gap_from_last_good() -> None:
 
 
 def test_stale_while_link_down_is_device_offline() -> None:
-    inv = Inventory(make_spec(), now=s(0))
+    inv = Inventory(make_spec(), now=s(0), tick_grace=0.0)
     inv.link_up("d1", s(0))
     inv.observe([rd(1)])
     inv.link_down("d1", s(1.5), "connection reset")
@@ -230,7 +243,7 @@ def test_stale_while_link_down_is_device_offline() -> None:
 
 
 def test_point_never_seen_gets_a_stale_gap_from_monitoring_start() -> None:
-    inv = Inventory(make_spec(), now=s(100))
+    inv = Inventory(make_spec(), now=s(100), tick_grace=0.0)
     assert inv.tick(s(102)) == []
     (g,) = inv.tick(s(103))
     assert (g.start, g.last_good, g.cause) == (s(100), None, GapCause.STALE)
@@ -353,7 +366,8 @@ def test_random_good_bad_silence_sequences_keep_gap_invariants(
             t += float(step[1])  # type: ignore[arg-type]
             changed = []
         elif kind == "tick":
-            changed = inv.tick(s(t + float(step[1])))  # type: ignore[arg-type]
+            t += float(step[1])  # type: ignore[arg-type]
+            changed = inv.tick(s(t))
         else:
             (inv.link_up if step[1] else inv.link_down)("d1", s(t), *([] if step[1] else ["x"]))
             changed = []

@@ -144,7 +144,7 @@ class _Schedule:
 
 def _phase(device_id: str, interval: float) -> float:
     """Deterministic stagger of a (device, interval) poll group [s], in [0, min(interval, 1 s))."""
-    fraction = zlib.crc32(f"{device_id}/{interval!r}".encode()) / 2**32
+    fraction = zlib.crc32(f"{device_id}/{float(interval)!r}".encode()) / 2**32
     return fraction * min(interval, MAX_STAGGER_S)
 
 
