@@ -54,7 +54,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     """Print what will be polled: requests per device, registers per request, samples/s."""
-    from gateway.plan import render_plan  # noqa: PLC0415
+    from gateway.plan import render_plan
 
     cfg = _load(args.file)
     if cfg is None:
@@ -74,12 +74,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     if cfg is None:
         return 2
-    from gateway.runtime import Runtime, serve  # noqa: PLC0415 - after validation: fail fast
+    from gateway.runtime import Runtime, serve
 
     _setup_logging(args.log_level)
 
+    config_dir = Path(args.config).resolve().parent
+
     async def main() -> None:
-        runtime = Runtime(cfg, config_dir=Path(args.config).resolve().parent)
+        runtime = Runtime(cfg, config_dir=config_dir)
         _install_signals(runtime.request_stop)
         host = args.api_host or cfg.api.host
         port = args.api_port if args.api_port is not None else cfg.api.port
@@ -102,7 +104,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the simulator and the gateway on the embedded demo plant."""
-    from gateway.demo import run_demo  # noqa: PLC0415
+    from gateway.demo import run_demo
 
     _setup_logging("error")
     return run_demo(
@@ -112,7 +114,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     """Run the field-device simulator alone."""
-    from simulator.cli import main as sim_main  # noqa: PLC0415
+    from simulator.cli import main as sim_main
 
     argv = ["-c", args.config]
     for flag in ("truth", "stats", "ready_file"):

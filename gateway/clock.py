@@ -20,7 +20,10 @@ def monotonic() -> float:
 
 
 def to_rfc3339(ts: datetime | None) -> str | None:
-    """Format an aware datetime as RFC 3339 UTC with microseconds, e.g. ``2026-01-02T03:04:05.123456Z``."""
+    """Format an aware datetime as RFC 3339 UTC with microseconds.
+
+    Example: ``2026-01-02T03:04:05.123456Z``. None passes through.
+    """
     if ts is None:
         return None
     return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

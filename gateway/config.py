@@ -15,6 +15,7 @@ import math
 import os
 import re
 from collections.abc import Iterator
+from itertools import pairwise
 from pathlib import Path
 from typing import Any, Self
 
@@ -32,7 +33,9 @@ class ConfigError(Exception):
     """The configuration is invalid; `messages` holds one ``key.path: reason`` line per error."""
 
     def __init__(self, source: str, messages: list[str]) -> None:
-        super().__init__(f"invalid configuration {source}:\n" + "\n".join(f"  {m}" for m in messages))
+        super().__init__(
+            f"invalid configuration {source}:\n" + "\n".join(f"  {m}" for m in messages)
+        )
         self.source = source
         self.messages = messages
 
@@ -108,10 +111,14 @@ class StoreConfig(BaseModel):
 
     model_config = _STRICT
 
-    path: str | None = Field(default=None, description="Database file; default <data_dir>/gateway.db")
+    path: str | None = Field(
+        default=None, description="Database file; default <data_dir>/gateway.db"
+    )
     retention_hours: float = Field(default=168.0, gt=0, le=87600, description="History kept [h]")
     max_bytes: int = Field(
-        default=1_073_741_824, ge=1_048_576, description="Size cap of the database [bytes] (>= 1 MiB)"
+        default=1_073_741_824,
+        ge=1_048_576,
+        description="Size cap of the database [bytes] (>= 1 MiB)",
     )
 
 
@@ -130,7 +137,9 @@ class InventoryConfig(BaseModel):
     model_config = _STRICT
 
     gap_after: float = Field(
-        default=2.5, ge=1.0, le=100.0,
+        default=2.5,
+        ge=1.0,
+        le=100.0,
         description="A point is stale after this many expected intervals without good data",
     )
 
@@ -185,7 +194,6 @@ class GatewayConfig(BaseModel):
 # Cross-reference checks, each yielding "key.path: reason".
 
 
-
 def _check_references(cfg: GatewayConfig) -> list[str]:
     errors: list[str] = []
     for i, dev in enumerate(cfg.devices):
@@ -210,14 +218,16 @@ def _check_references(cfg: GatewayConfig) -> list[str]:
             for pi, point in enumerate(asset.points):
                 ppath = f"{apath}.points[{pi}]"
                 if point.id in point_ids[:pi]:
-                    errors.append(f"{ppath}.id: duplicate point id {point.id!r} in asset {asset.id!r}")
-                dev = devices.get(point.device)
-                if dev is None:
+                    errors.append(
+                        f"{ppath}.id: duplicate point id {point.id!r} in asset {asset.id!r}"
+                    )
+                pdev = devices.get(point.device)
+                if pdev is None:
                     errors.append(f"{ppath}.device: unknown device {point.device!r}")
-                elif point.poll_interval is not None and dev.timeout >= point.poll_interval:
+                elif point.poll_interval is not None and pdev.timeout >= point.poll_interval:
                     errors.append(
                         f"{ppath}.poll_interval: must be longer than the timeout of device "
-                        f"{dev.id!r} ({dev.timeout} s), got {point.poll_interval} s"
+                        f"{pdev.id!r} ({pdev.timeout} s), got {point.poll_interval} s"
                     )
     errors.extend(_check_overlaps(cfg))
     return errors
@@ -236,13 +246,13 @@ def _check_overlaps(cfg: GatewayConfig) -> list[str]:
                 key = (p.device, unit, p.table.value)
                 path = f"sites[{si}].assets[{ai}].points[{pi}]"
                 name = f"{site.id}/{asset.id}/{p.id}"
-                spans.setdefault(key, []).append((p.address, p.address + p.width, p.bit, path, name))
+                spans.setdefault(key, []).append(
+                    (p.address, p.address + p.width, p.bit, path, name)
+                )
     errors: list[str] = []
     for (device, unit, table), items in spans.items():
         items.sort()
-        for (a0, a1, abit, _apath, aname), (b0, b1, bbit, bpath, bname) in zip(
-            items, items[1:], strict=False
-        ):
+        for (a0, a1, abit, _apath, aname), (b0, b1, bbit, bpath, bname) in pairwise(items):
             if b0 < a1:
                 both_bits = abit is not None and bbit is not None and a0 == b0 and a1 == b1
                 if both_bits and abit != bbit:
@@ -327,8 +337,24 @@ def _expand_env(node: Any, path: str, errors: list[str], hidden: set[str]) -> An
 
 
 CSV_COLUMNS = (
-    "site", "asset", "point", "device", "register", "address", "type", "byte_order", "bit",
-    "length", "unit_id", "unit", "scale", "offset", "min", "max", "poll_interval", "name",
+    "site",
+    "asset",
+    "point",
+    "device",
+    "register",
+    "address",
+    "type",
+    "byte_order",
+    "bit",
+    "length",
+    "unit_id",
+    "unit",
+    "scale",
+    "offset",
+    "min",
+    "max",
+    "poll_interval",
+    "name",
 )
 _CSV_REQUIRED = ("site", "asset", "point", "device", "register", "address")
 
@@ -361,14 +387,20 @@ def _merge_csv(raw: dict[str, Any], base: Path, errors: list[str]) -> None:
             continue
         for row_no, row in enumerate(reader, start=2):
             where = f"{fpath} ({name}) line {row_no}"
-            site = next((s for s in sites if isinstance(s, dict) and s.get("id") == row["site"]), None)
+            site = next(
+                (s for s in sites if isinstance(s, dict) and s.get("id") == row["site"]), None
+            )
             if site is None:
                 errors.append(f"{where}: site: unknown site {row['site']!r}")
                 continue
             assets = site.setdefault("assets", [])
-            asset = next((a for a in assets if isinstance(a, dict) and a.get("id") == row["asset"]), None)
+            asset = next(
+                (a for a in assets if isinstance(a, dict) and a.get("id") == row["asset"]), None
+            )
             if asset is None:
-                errors.append(f"{where}: asset: unknown asset {row['asset']!r} in site {row['site']!r}")
+                errors.append(
+                    f"{where}: asset: unknown asset {row['asset']!r} in site {row['site']!r}"
+                )
                 continue
             point: dict[str, Any] = {"id": row["point"]}
             for col in CSV_COLUMNS[3:]:
@@ -431,9 +463,9 @@ def parse_config(text: str, source: str = "<config>", base: Path | None = None) 
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
+        pos = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(source, [f"(YAML) {where}: {problem}"]) from None
+        raise ConfigError(source, [f"(YAML) {pos}: {problem}"]) from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):

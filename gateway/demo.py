@@ -55,19 +55,27 @@ def demo_gateway_config(ports: dict[str, int], data_dir: Path, api_port: int) ->
 
 
 def _start_simulator(data_dir: Path) -> tuple[subprocess.Popen[bytes], dict[str, int]]:
-    from simulator.profiles import demo_profile_path  # noqa: PLC0415
+    from simulator.profiles import demo_profile_path
 
     ready = data_dir / "sim-ready.json"
     ready.unlink(missing_ok=True)
     log = (data_dir / "simulator.log").open("ab")
     proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
         [
-            sys.executable, "-m", "simulator", "-c", str(demo_profile_path()),
-            "--truth", str(data_dir / "sim-truth.jsonl"),
-            "--stats", str(data_dir / "sim-stats.json"),
-            "--ready-file", str(ready),
+            sys.executable,
+            "-m",
+            "simulator",
+            "-c",
+            str(demo_profile_path()),
+            "--truth",
+            str(data_dir / "sim-truth.jsonl"),
+            "--stats",
+            str(data_dir / "sim-stats.json"),
+            "--ready-file",
+            str(ready),
         ],
-        stdout=log, stderr=subprocess.STDOUT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     log.close()
     deadline = monotonic() + 20

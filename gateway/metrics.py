@@ -33,25 +33,30 @@ class RuntimeCollector(Collector):
             "otgw_readings_in", "Readings produced by connectors", value=c.readings_in
         )
         yield CounterMetricFamily(
-            "otgw_readings_committed", "Readings committed to the local store",
+            "otgw_readings_committed",
+            "Readings committed to the local store",
             value=c.readings_committed,
         )
         yield GaugeMetricFamily(
-            "otgw_ingest_queue_batches", "Reading batches waiting for the store writer",
-            value=rt._queue.qsize(),  # noqa: SLF001 - same package, read-only
+            "otgw_ingest_queue_batches",
+            "Reading batches waiting for the store writer",
+            value=rt._queue.qsize(),
         )
         yield GaugeMetricFamily(
-            "otgw_loop_lag_seconds", "Event-loop lag at the last housekeeping tick [s]",
+            "otgw_loop_lag_seconds",
+            "Event-loop lag at the last housekeeping tick [s]",
             value=c.loop_lag_s,
         )
         now = rt.now()
         state = GaugeMetricFamily(
-            "otgw_device_state", "Device state: 0 unknown, 1 offline, 2 degraded, 3 online",
+            "otgw_device_state",
+            "Device state: 0 unknown, 1 offline, 2 degraded, 3 online",
             labels=["device"],
         )
         polls = CounterMetricFamily("otgw_polls", "Poll cycles completed", labels=["device"])
         overruns = CounterMetricFamily(
-            "otgw_overruns", "Poll cycles skipped because the previous one overran",
+            "otgw_overruns",
+            "Poll cycles skipped because the previous one overran",
             labels=["device"],
         )
         latency = GaugeMetricFamily(
@@ -73,7 +78,9 @@ class RuntimeCollector(Collector):
                     errors.add_metric([dv.id, kind], n)
         yield from (state, polls, overruns, latency, errors)
         summary = rt.inventory.summary(now)
-        gaps = GaugeMetricFamily("otgw_open_gaps", "Open data gaps", value=rt.inventory.open_gap_count)
+        gaps = GaugeMetricFamily(
+            "otgw_open_gaps", "Open data gaps", value=rt.inventory.open_gap_count
+        )
         yield gaps
         points = GaugeMetricFamily("otgw_points", "Configured points by state", labels=["state"])
         for key, n in summary.items():

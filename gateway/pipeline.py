@@ -90,14 +90,23 @@ class Pipeline:
                 if isinstance(value, float) and not math.isfinite(value):
                     self.non_finite += 1
                     value, quality = None, Q.BAD
-                elif (t.low is not None and value < t.low) or (t.high is not None and value > t.high):
+                elif (t.low is not None and value < t.low) or (
+                    t.high is not None and value > t.high
+                ):
                     self.out_of_range += 1
                     if quality == Q.GOOD:
                         quality = Q.UNCERTAIN_ENGINEERING_UNITS_EXCEEDED
             append(
                 Reading(
-                    t.site, t.asset, t.point, value, t.unit, int(quality),
-                    s.source_time or gateway_time, gateway_time, t.source,
+                    t.site,
+                    t.asset,
+                    t.point,
+                    value,
+                    t.unit,
+                    int(quality),
+                    s.source_time or gateway_time,
+                    gateway_time,
+                    t.source,
                 )
             )
         return out

@@ -75,9 +75,14 @@ def build_spec(cfg: GatewayConfig, sources: dict[str, str]) -> InventorySpec:
     assets = tuple(AssetSpec(s.id, a.id, a.name, a.kind) for s in cfg.sites for a in s.assets)
     points = tuple(
         PointSpec(
-            site=s.id, asset=a.id, point=p.id, device=p.device,
-            expected_interval=cfg.poll_interval(p), unit=p.unit,
-            source=sources.get(f"{s.id}/{a.id}/{p.id}", ""), name=p.name,
+            site=s.id,
+            asset=a.id,
+            point=p.id,
+            device=p.device,
+            expected_interval=cfg.poll_interval(p),
+            unit=p.unit,
+            source=sources.get(f"{s.id}/{a.id}/{p.id}", ""),
+            name=p.name,
         )
         for s, a, p in cfg.iter_points()
     )
@@ -123,8 +128,14 @@ class Runtime:
         self.pipeline = Pipeline(
             {
                 f"{s.id}/{a.id}/{p.id}": PointTransform(
-                    s.id, a.id, p.id, p.unit, p.scale, p.offset,
-                    p.range[0] if p.range else None, p.range[1] if p.range else None,
+                    s.id,
+                    a.id,
+                    p.id,
+                    p.unit,
+                    p.scale,
+                    p.offset,
+                    p.range[0] if p.range else None,
+                    p.range[1] if p.range else None,
                     sources.get(f"{s.id}/{a.id}/{p.id}", ""),
                 )
                 for s, a, p in cfg.iter_points()
@@ -281,7 +292,9 @@ class Runtime:
                 if run.connector is not None:
                     st = run.connector.stats
                     self.inventory.poll_stats(
-                        run.device_id, latency_s=st.last_latency_s, polls=st.polls,
+                        run.device_id,
+                        latency_s=st.last_latency_s,
+                        polls=st.polls,
                         overruns=st.overruns,
                     )
             await self._save_gaps(self.inventory.tick(now))
@@ -377,8 +390,8 @@ async def serve(
         api_port: TCP port [0..65535] (0 = any free port), or None for no API.
         on_ready: Called once with the API's bound port (or None) when everything runs.
     """
-    from gateway.api.app import create_app  # noqa: PLC0415 - the API is optional here
-    from gateway.api.server import ApiServer  # noqa: PLC0415
+    from gateway.api.app import create_app
+    from gateway.api.server import ApiServer
 
     await runtime.start()
     server: ApiServer | None = None

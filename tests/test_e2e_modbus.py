@@ -7,6 +7,7 @@ the fault window, and no gap appears on healthy devices.
 
 from __future__ import annotations
 
+import itertools
 import math
 import struct
 import time
@@ -160,10 +161,17 @@ def test_coalescing_counted_on_the_simulator(tmp_path: Path) -> None:
         gw.start()
         wait_for(lambda: gw.get("/api/v1/devices")[0]["polls"] >= 6, timeout=20, what="6 polls")
         assert gw.stop() == 0
-        polls = None
-        # After the gateway stopped, the simulator's counters settle; read them twice to be sure.
-        stats = wait_for(lambda: (s := sim.device_stats("types")) == sim.device_stats("types") and s
-                         if (time.sleep(0.6) or True) else None, timeout=10, what="stable stats")
+        # After the gateway stopped, the simulator's counters settle (rewritten every 0.5 s).
+        previous: dict[str, Any] = {}
+
+        def settled() -> dict[str, Any] | None:
+            nonlocal previous
+            current = sim.device_stats("types")
+            stable = current == previous
+            previous = current
+            return current if stable else None
+
+        stats = wait_for(settled, timeout=10, interval=0.7, what="stable simulator stats")
         by_fc = stats["by_function"]
         polls = by_fc["1"]  # one coil request per poll
         assert polls >= 6
@@ -287,7 +295,7 @@ def test_gaps_match_the_simulator_ground_truth(tmp_path: Path) -> None:
                 assert abs(start - t_start) <= TOL, (dev, pid, gap, t_start)
                 assert abs(end - t_end) <= TOL, (dev, pid, gap, t_end)
                 assert gap["samples_missed"] >= 1
-            for a, b in zip(found, found[1:], strict=False):
+            for a, b in itertools.pairwise(found):
                 assert _ts(a["end"]) <= _ts(b["start"])  # ordered, non-overlapping
 
 
@@ -422,7 +430,7 @@ def test_api_and_metrics_on_a_running_gateway(tmp_path: Path) -> None:
             assert count["severity"] == "good"
             assert gw.get("/healthz")["status"] == "ok"
             assert gw.get("/readyz")["ready"] is True
-            import httpx  # noqa: PLC0415
+            import httpx
 
             text = httpx.get(gw.url + "/metrics", timeout=10).text
             assert "otgw_readings_committed_total" in text

@@ -1,7 +1,8 @@
-"""Data-gap detection: exact bounds, causes, no invented gaps, invariants (M7, R25, §6 "Gap correctness")."""
+"""Data-gap detection: exact bounds, causes, no invented gaps, invariants (M7, R25, §6)."""
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -293,7 +294,7 @@ def test_many_flaps_give_ordered_non_overlapping_gaps_with_stable_ids() -> None:
     gaps = inv.gaps()
     assert len(gaps) == 200
     assert len({g.id for g in gaps}) == 200
-    for a, b in zip(gaps, gaps[1:], strict=False):
+    for a, b in itertools.pairwise(gaps):
         assert a.end is not None
         assert a.start <= a.end <= b.start
 
@@ -379,7 +380,7 @@ def test_random_good_bad_silence_sequences_keep_gap_invariants(
         g.id: (g.start, g.end, g.first_bad) for g in latest.values()
     }
     # Ordered, non-overlapping, at most one open and it is the last.
-    for a, b in zip(gaps, gaps[1:], strict=False):
+    for a, b in itertools.pairwise(gaps):
         assert a.end is not None
         assert a.start <= a.end <= b.start
     assert inv.open_gap_count == sum(1 for g in gaps if g.end is None) <= 1
@@ -400,7 +401,7 @@ def test_random_good_bad_silence_sequences_keep_gap_invariants(
         assert not any(g.start < s(x) and (g.end is None or s(x) < g.end) for g in gaps)
     # Silence longer than gap_after × interval between two good readings is a gap with
     # start = first + interval and end = second (also when no tick ran in between).
-    for a, b in zip(goods, goods[1:], strict=False):
+    for a, b in itertools.pairwise(goods):
         if b - a > gap_after * interval and not any(a < x < b for x in bads):
             assert any(
                 g.start == s(a) + timedelta(seconds=interval) and g.end == s(b) for g in gaps

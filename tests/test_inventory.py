@@ -1,4 +1,4 @@
-"""The inventory: states and roll-ups, devices, restart (gateway_down), coverage, tick cost (DESIGN §4)."""
+"""The inventory: states, roll-ups, devices, restart (gateway_down), coverage, tick cost."""
 
 from __future__ import annotations
 
@@ -115,7 +115,10 @@ def test_asset_and_site_roll_ups() -> None:
         a2 = inv.asset("s1", "a2", now)
         s1 = inv.site("s1", now)
         s2 = inv.site("s2", now)
-        assert a1 and a2 and s1 and s2
+        assert a1
+        assert a2
+        assert s1
+        assert s2
         return a1.state, a2.state, s1.state, s2.state
 
     assert states(s(0)) == (State.UNKNOWN, State.UNKNOWN, State.UNKNOWN, State.UNKNOWN)
@@ -235,7 +238,9 @@ def test_restore_opens_gateway_down_gaps_for_points_that_had_data() -> None:
     p0 = inv.point("s1", "a1", "p0", s(200))
     p1 = inv.point("s1", "a1", "p1", s(200))
     q0 = inv.point("s1", "a2", "q0", s(200))
-    assert p0 and p1 and q0
+    assert p0
+    assert p1
+    assert q0
     assert (p0.state, p0.since, p0.value, p0.last_good, p0.unit) == (
         State.OFFLINE, s(101.2), 1.0, s(100.2), "Cel",
     )
@@ -318,7 +323,9 @@ async def test_restart_round_trip_through_the_store(tmp_path: Path) -> None:
         await store.save_gaps(inv2.observe(batch))
         stored = {g.id: g for g in await store.load_gaps()}
         assert sorted((g.point, g.cause, g.start, g.end) for g in stored.values()) == [
-            ("p0", GapCause.GATEWAY_DOWN, s(11), s(61)), ("p1", GapCause.TIMEOUT, s(6), s(61)),
+            ("p0", GapCause.GATEWAY_DOWN, s(11), s(61)),
+            ("p1", GapCause.TIMEOUT, s(6), s(61)),
+            ("q0", GapCause.STALE, s(0), None),  # never seen since monitoring began
         ]
         rows = inv2.coverage(
             await store.count_usable(s(0)),

@@ -95,8 +95,12 @@ class ModbusAddress(BaseModel):
     )
     address: int = Field(ge=0, le=65535, description="0-based protocol address [0..65535]")
     type: DataType = Field(default=DataType.UINT16, description="Value type")
-    bit: int | None = Field(default=None, ge=0, le=15, description="Bit of a register for bool [0..15]")
-    length: int | None = Field(default=None, ge=1, le=125, description="Registers of a string [1..125]")
+    bit: int | None = Field(
+        default=None, ge=0, le=15, description="Bit of a register for bool [0..15]"
+    )
+    length: int | None = Field(
+        default=None, ge=1, le=125, description="Registers of a string [1..125]"
+    )
     byte_order: ByteOrder = Field(default=ByteOrder.ABCD, description="Byte/word order")
     unit_id: int | None = Field(default=None, ge=0, le=255, description="Unit id override [0..255]")
 
@@ -138,7 +142,7 @@ class ModbusDeviceConfig(BaseModel):
         port: TCP port [1..65535], default 502.
         unit_id: Default unit id [0..255], default 1.
         timeout: Request timeout [s] (0 .. poll_interval), default min(1.0, poll_interval / 2).
-        poll_interval: Default poll interval of the device's points [s] [0.01 .. 86400], default 1.0.
+        poll_interval: Default poll interval of its points [s] [0.01 .. 86400], default 1.0.
         max_gap: Unused registers allowed inside one coalesced request [0..124], default 0.
         max_registers: Registers per request for FC 3/4 [1..125], default 125.
         max_bits: Bits per request for FC 1/2 [1..2000], default 2000.
@@ -153,15 +157,18 @@ class ModbusDeviceConfig(BaseModel):
     port: int = Field(default=502, ge=1, le=65535, description="TCP port [1..65535]")
     unit_id: int = Field(default=1, ge=0, le=255, description="Default unit id [0..255]")
     timeout: float = Field(
-        default=1.0, gt=0, le=60,
+        default=1.0,
+        gt=0,
+        le=60,
         description="Request timeout [s]; default min(1.0, poll_interval / 2)",
     )
     poll_interval: float = Field(default=1.0, ge=0.01, le=86400, description="Poll interval [s]")
-    max_gap: int = Field(default=0, ge=0, le=124, description="Max unused registers bridged [0..124]")
+    max_gap: int = Field(
+        default=0, ge=0, le=124, description="Max unused registers bridged [0..124]"
+    )
     max_registers: int = Field(default=125, ge=1, le=125, description="Registers per request")
     max_bits: int = Field(default=2000, ge=1, le=2000, description="Bits per request")
     retries: int = Field(default=0, ge=0, le=5, description="Retries after a timeout [0..5]")
-
 
     @model_validator(mode="before")
     @classmethod

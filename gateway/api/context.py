@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     from datetime import datetime
 
-    from inventory.inventory import Inventory
     from prometheus_client import CollectorRegistry
+
+    from inventory.inventory import Inventory
 
 
 class ApiContext(Protocol):
