@@ -269,6 +269,28 @@ async def test_crash_without_close_keeps_committed_rows(tmp_path: Path) -> None:
         await s2.close()
 
 
+async def test_torn_wal_tail_loses_only_the_torn_transaction(tmp_path: Path) -> None:
+    """R6: a crash mid-commit leaves a torn WAL tail; SQLite discards it, no alarm."""
+    path = tmp_path / "gw.db"
+    s = await open_store(path)
+    for b in range(5):  # five separate commits
+        await s.append([reading(f"p{i}", float(b), t=T0 + timedelta(seconds=b)) for i in range(50)])
+    crash = tmp_path / "crash"
+    crash.mkdir()
+    (crash / "gw.db").write_bytes(path.read_bytes())
+    wal = path.with_name("gw.db-wal").read_bytes()
+    (crash / "gw.db-wal").write_bytes(wal[:-100])  # the last frame is torn
+    await s.close()
+    s2 = await open_store(crash / "gw.db")
+    try:
+        assert s2.alarms == []
+        rows = (await s2.stats())["readings"]
+        assert 200 <= rows < 250
+        assert rows % 50 == 0  # whole transactions only
+    finally:
+        await s2.close()
+
+
 def _corrupt_names(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.iterdir() if ".corrupt-" in p.name)
 
