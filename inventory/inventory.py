@@ -475,7 +475,7 @@ class Inventory:
             else:
                 if gap is None:
                     self._open_gap(p, cause_for_quality(quality), st, st, changed)
-                elif gap.first_bad is None:
+                elif gap.first_bad is None and st >= gap.start:
                     gap.first_bad = st
                     changed[gap.id] = gap
                 new = State.DEGRADED
@@ -555,12 +555,12 @@ class Inventory:
         """Fire due freshness deadlines: open `stale` gaps and update states.
 
         A point with no open gap whose last reading (or the monitoring start, if never seen)
-        is older than ``gap_after × expected_interval`` (+ ``tick_grace``) on the gateway clock
-        opens a gap with
-        ``start = last_good + expected_interval`` (or the monitoring start) and cause `stale`
-        (`device_offline` if its device's link is down). Cost: the due points plus the time
-        buckets that elapsed since the last tick, independent of the number of quiet, healthy
-        points (see `inventory.gaps.DeadlineHeap`; the count is in `tick_examined`).
+        is older than ``gap_after × expected_interval`` (+ ``tick_grace``) on the gateway
+        clock opens a gap with ``start = last_good + expected_interval`` (or the monitoring
+        start) and cause `stale` (`device_offline` if its device's link is down). Cost: the due
+        points plus the time buckets that elapsed since the last tick, independent of the
+        number of quiet, healthy points (see `inventory.gaps.DeadlineHeap`; the count is in
+        `tick_examined`).
 
         Args:
             now: Current time (aware UTC).
