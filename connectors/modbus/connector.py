@@ -496,12 +496,12 @@ class ModbusConnector:
                 response: ModbusPDU = await client.execute(False, pdu)
             except ConnectionException as exc:
                 self._close()
-                msg = f"{self._device.endpoint}: connection lost: {exc}"
+                msg = f"{self._device.endpoint}: connection closed by the peer"
                 raise LinkLost(msg) from exc
             except ModbusIOException as exc:
                 if not client.connected:
                     self._close()
-                    msg = f"{self._device.endpoint}: connection lost: {exc}"
+                    msg = f"{self._device.endpoint}: connection closed during a request"
                     raise LinkLost(msg) from exc
                 errors["timeout"] += 1
                 if timeouts_left > 0:
