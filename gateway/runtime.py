@@ -154,6 +154,7 @@ class Runtime:
         self._stopping = asyncio.Event()
         self._started = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._listeners: list[Callable[[Sequence[Reading]], None]] = []
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -216,6 +217,21 @@ class Runtime:
             await self.store.set_meta("last_alive", to_rfc3339(utc_now()) or "")
             await self.store.close()
 
+    # -- listeners -----------------------------------------------------------------------
+
+    def add_listener(self, callback: Callable[[Sequence[Reading]], None]) -> None:
+        """Call `callback(readings)` on the event loop after every commit (accepted readings).
+
+        The callback must not block or raise (it runs in the writer task); a live stream puts
+        the batch on its own bounded queue and returns.
+        """
+        self._listeners.append(callback)
+
+    def remove_listener(self, callback: Callable[[Sequence[Reading]], None]) -> None:
+        """Stop calling `callback`; unknown callbacks are ignored."""
+        if callback in self._listeners:
+            self._listeners.remove(callback)
+
     # -- API context ---------------------------------------------------------------------
 
     def now(self) -> datetime:
@@ -266,6 +282,12 @@ class Runtime:
                 self.counters.readings_committed += len(batch)
                 self.counters.commit_batches += 1
                 changed = self.inventory.observe(batch)
+                for listener in list(self._listeners):
+                    try:
+                        listener(batch)
+                    except Exception:
+                        log.exception("reading listener failed; removed")
+                        self.remove_listener(listener)
                 await self._save_gaps(changed)
             if self._stopping.is_set() and self._queue.empty():
                 return

@@ -412,6 +412,14 @@ class Store:
         self._queue.put(_Job(fut, fn=fn))
         return asyncio.wrap_future(fut)
 
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn(conn)` on the store's read-only reader thread and return its result.
+
+        For query modules outside this file (e.g. the readings API). `conn` is a read-only
+        sqlite3 connection in WAL mode; use parameterized SQL only. Raises StoreClosedError.
+        """
+        return await self._read(fn)
+
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         if self._closed:
             raise StoreClosedError(str(self.path))
