@@ -33,7 +33,6 @@ WORKLOADS: dict[str, tuple[int, int, float]] = {
     "1 device x 125 registers @ 0.05 s": (1, 125, 0.05),
     "1 device x 125 registers @ 0.02 s": (1, 125, 0.02),
     "1 device x 125 registers @ 0.01 s": (1, 125, 0.01),
-    "1 device x 125 registers @ 0.005 s": (1, 125, 0.005),
     "10 devices x 100 registers @ 1 s": (10, 100, 1.0),
     "100 devices x 10 registers @ 1 s": (100, 10, 1.0),
     "100 devices x 100 registers @ 1 s": (100, 100, 1.0),
