@@ -533,6 +533,27 @@ class Inventory:
         self._dirty_devices.setdefault(d, now)
         self._flush_dirty()
 
+    def device_alive(self, device: str, now: datetime) -> None:
+        """A keep-alive proved the device's subscription alive: silent points are not a gap.
+
+        Refreshes the freshness deadline of the device's report-by-exception points (their
+        last reading stays as it was); polled points are unaffected. Cost O(points of the
+        device); called once per keep-alive, not per reading.
+
+        Args:
+            device: Device id.
+            now: Time the keep-alive arrived (aware UTC, gateway clock).
+        """
+        d = self._devices.get(device)
+        if d is None or d.link is False:
+            return
+        now_ts = now.timestamp()
+        for p in d.points:
+            rbe = p.spec.report_by_exception and p.open_gap is None
+            if rbe and p.last_rx is not None and now_ts > p.last_rx:
+                p.last_rx = now_ts
+                self._heap.set(p.idx, now_ts + p.threshold)
+
     def poll_stats(
         self, device: str, *, latency_s: float | None, polls: int, overruns: int
     ) -> None:

@@ -38,6 +38,9 @@ class PointSpec:
         unit: UCUM-style unit code or None.
         source: Locator URI, e.g. ``modbus://127.0.0.1:502/1/hr/0``.
         name: Display name or None.
+        report_by_exception: The point reports only on change (OPC UA subscription, MQTT);
+            `Inventory.device_alive` keeps it fresh while its device proves the link alive,
+            and `expected_interval` is then its maximum report interval (heartbeat).
     """
 
     site: str
@@ -48,6 +51,7 @@ class PointSpec:
     unit: str | None = None
     source: str = ""
     name: str | None = None
+    report_by_exception: bool = False
 
     @property
     def key(self) -> str:
