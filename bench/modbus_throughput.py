@@ -36,6 +36,8 @@ WORKLOADS: dict[str, tuple[int, int, float]] = {
     "10 devices x 100 registers @ 1 s": (10, 100, 1.0),
     "100 devices x 10 registers @ 1 s": (100, 10, 1.0),
     "100 devices x 100 registers @ 1 s": (100, 100, 1.0),
+    "500 devices x 30 registers @ 1 s": (500, 30, 1.0),
+    "1000 devices x 50 registers @ 1 s": (1000, 50, 1.0),
 }
 
 
