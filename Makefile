@@ -5,8 +5,8 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PKGS   := gateway connectors inventory simulator
 # Debian packages the tests talk to (real peers, no fakes).
-APT_PACKAGES := mbpoll victoria-metrics chromium
-APT_BINARIES := mbpoll victoria-metrics chromium
+APT_PACKAGES := mbpoll victoria-metrics chromium mosquitto mosquitto-clients
+APT_BINARIES := mbpoll victoria-metrics chromium mosquitto mosquitto_sub
 
 .PHONY: demo test lint unit bench deps-system clean
 

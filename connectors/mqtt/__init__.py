@@ -1,0 +1,4 @@
+"""MQTT: input connector, payload decoders (plain, JSON, Sparkplug B) and northbound publisher.
+
+See ``README.md`` in this folder.
+"""

@@ -1,0 +1,120 @@
+"""Profile of the MQTT simulator (its own small model; merged with `simulator.config` later).
+
+Example::
+
+    broker: {host: 127.0.0.1, port: 1883}
+    publishers:
+      - id: meters
+        kind: json                      # json | plain | sparkplug_b
+        topic: "plant/north/{asset}"    # json: {asset}; plain: {asset} and {point}
+        assets: [meter-1, meter-2]
+        points: [kw, kvar]
+        interval: 1.0                   # s between messages of an asset
+        qos: 1
+        faults:
+          - {kind: silent, start: 5, duration: 3}       # publishes nothing
+          - {kind: malformed, start: 4, count: 2}       # sends 2 invalid payloads
+      - id: edge-1
+        kind: sparkplug_b
+        group: plant1
+        node: edge-1
+        assets: [pump-1]                # Sparkplug devices (DBIRTH/DDATA); [] = node metrics
+        points: [flow, speed]
+        faults:
+          - {kind: seq_gap, start: 6, count: 2}         # skips 2 seq numbers
+          - {kind: death, start: 8, duration: 3}        # will NDEATH, rebirth after 3 s
+
+Values are the oracle: every point of a message carries ``seq`` (a float), and JSON payloads
+also carry ``seq`` and the source time ``ts`` [ms since the Unix epoch].
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+_STRICT = ConfigDict(extra="forbid", frozen=True)
+
+
+class MqttFault(BaseModel):
+    """A scripted fault of one publisher.
+
+    Attributes:
+        kind: ``silent`` (publish nothing for ``duration``), ``malformed`` (send ``count``
+            invalid payloads at ``start``), ``seq_gap`` (Sparkplug: skip ``count`` seqs),
+            ``death`` (Sparkplug: drop the session so the broker sends the will NDEATH,
+            reconnect with a new bdSeq after ``duration``).
+        start: Seconds after the simulator started [s] (>= 0).
+        duration: Length [s] for silent/death (> 0).
+        count: Payloads (malformed) or seqs (seq_gap) [1..1000].
+    """
+
+    model_config = _STRICT
+
+    kind: Literal["silent", "malformed", "seq_gap", "death"]
+    start: float = Field(ge=0, description="Start after simulator start [s]")
+    duration: float = Field(default=1.0, gt=0, le=86400, description="Length [s]")
+    count: int = Field(default=1, ge=1, le=1000, description="Payloads or seqs")
+
+
+class MqttPublisherProfile(BaseModel):
+    """One simulated publisher (one MQTT client)."""
+
+    model_config = _STRICT
+
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+    kind: Literal["json", "plain", "sparkplug_b"]
+    topic: str = Field(default="sim/{asset}", description="json/plain topic template")
+    group: str = Field(default="sim", description="Sparkplug group id")
+    node: str = Field(default="edge-1", description="Sparkplug edge node id")
+    assets: list[str] = Field(default_factory=lambda: ["asset-1"])
+    points: list[str] = Field(default_factory=lambda: ["value"], min_length=1)
+    interval: float = Field(default=1.0, ge=0.001, le=3600, description="Seconds per message")
+    qos: Literal[0, 1] = 1
+    faults: list[MqttFault] = Field(default_factory=list)
+
+
+class MqttBroker(BaseModel):
+    """Where the publishers connect."""
+
+    model_config = _STRICT
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=1883, ge=1, le=65535)
+
+
+class MqttSimProfile(BaseModel):
+    """The whole MQTT simulator profile."""
+
+    model_config = _STRICT
+
+    broker: MqttBroker = Field(default_factory=MqttBroker)
+    publishers: list[MqttPublisherProfile] = Field(min_length=1)
+
+
+class MqttProfileError(Exception):
+    """The profile is invalid; the message names the key path."""
+
+
+def load_mqtt_profile(path: str | Path) -> MqttSimProfile:
+    """Read and validate a profile.
+
+    Raises:
+        MqttProfileError: Unreadable, invalid YAML, or invalid content (key path named).
+    """
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        return MqttSimProfile.model_validate(data)
+    except OSError as exc:
+        msg = f"{path}: {exc}"
+        raise MqttProfileError(msg) from None
+    except yaml.YAMLError as exc:
+        msg = f"{path}: invalid YAML: {exc}"
+        raise MqttProfileError(msg) from None
+    except ValidationError as exc:
+        lines = [f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()]
+        msg = f"{path}: invalid profile:\n  " + "\n  ".join(lines)
+        raise MqttProfileError(msg) from None
