@@ -17,16 +17,24 @@ import re
 from collections.abc import Iterator
 from itertools import pairwise
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
 
 from connectors.modbus.config import ModbusAddress, ModbusDeviceConfig
 
 _STRICT = ConfigDict(extra="forbid", frozen=True)
 SLUG = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_SECRET_KEYS = frozenset({"token", "password", "secret"})
 
 
 class ConfigError(Exception):
@@ -120,6 +128,50 @@ class StoreConfig(BaseModel):
         ge=1_048_576,
         description="Size cap of the database [bytes] (>= 1 MiB)",
     )
+    max_unsent_readings: int | None = Field(
+        default=None,
+        ge=1000,
+        description=(
+            "Readings a sink may have unacknowledged before the oldest are dropped "
+            "(buffer_overflow gaps) [count]; none = bounded by max_bytes and retention only"
+        ),
+    )
+
+
+class InfluxSinkConfig(BaseModel):
+    """An InfluxDB v2 write-API target (InfluxDB 2.x/3.x, 1.8+, VictoriaMetrics).
+
+    Attributes:
+        type: ``influxdb``.
+        name: Sink name (slug), unique; keys the sink's outbox cursor in the store.
+        url: Base URL, e.g. ``http://influxdb:8086``.
+        org: Organization (InfluxDB 1.8: any non-empty text, ignored).
+        bucket: Bucket (InfluxDB 1.8: ``database/retention_policy``).
+        token: API token, best as ``${ENV_VAR}``; never printed. InfluxDB 1.8: ``user:password``.
+        batch_size: Readings per write request at most [1..100000].
+        flush_interval: Longest wait for a batch to fill [s] (0 < s <= 300).
+        timeout: Whole-request timeout [s] (0 < s <= 600).
+        max_retry_delay: Cap of the retry backoff [s] (0 < s <= 3600).
+        verify_ssl: Verify the server certificate over https.
+    """
+
+    model_config = _STRICT
+
+    type: Literal["influxdb"] = Field(description="Sink type")
+    name: str = Field(pattern=SLUG, description="Sink name (slug)")
+    url: str = Field(pattern=r"^https?://[^\s/]+", description="Base URL: http(s)://host:port")
+    org: str = Field(min_length=1, description="Organization")
+    bucket: str = Field(min_length=1, description="Bucket")
+    token: SecretStr | None = Field(default=None, description="API token (use ${ENV})")
+    batch_size: int = Field(default=5000, ge=1, le=100_000, description="Readings per request")
+    flush_interval: float = Field(default=1.0, gt=0, le=300, description="[s]")
+    timeout: float = Field(default=10.0, gt=0, le=600, description="Request timeout [s]")
+    max_retry_delay: float = Field(default=30.0, gt=0, le=3600, description="Backoff cap [s]")
+    verify_ssl: bool = True
+
+
+SinkConfig = InfluxSinkConfig
+"""Any sink (one type so far)."""
 
 
 class ReconnectConfig(BaseModel):
@@ -163,6 +215,9 @@ class GatewayConfig(BaseModel):
     store: StoreConfig = Field(default_factory=StoreConfig)
     reconnect: ReconnectConfig = Field(default_factory=ReconnectConfig)
     inventory: InventoryConfig = Field(default_factory=InventoryConfig)
+    sinks: list[SinkConfig] = Field(
+        default_factory=list, description="Where readings are forwarded (store and forward)"
+    )
     sites: list[SiteConfig] = Field(default_factory=list)
     devices: list[ModbusDeviceConfig] = Field(default_factory=list)
     point_files: list[str] = Field(
@@ -196,6 +251,9 @@ class GatewayConfig(BaseModel):
 
 def _check_references(cfg: GatewayConfig) -> list[str]:
     errors: list[str] = []
+    for i, sink in enumerate(cfg.sinks):
+        if sink.name in [s.name for s in cfg.sinks[:i]]:
+            errors.append(f"sinks[{i}].name: duplicate sink name {sink.name!r}")
     for i, dev in enumerate(cfg.devices):
         if dev.id in [d.id for d in cfg.devices[:i]]:
             errors.append(f"devices[{i}].id: duplicate device id {dev.id!r}")
@@ -288,8 +346,10 @@ def _format_validation(err: ValidationError, hidden: set[str]) -> list[str]:
         sub = re.match(r"^([a-z_]+): (.*)$", msg)
         if sub:  # a model validator naming the key it is about
             path, msg = f"{path}.{sub[1]}", sub[2]
-        if path in hidden:
-            pass  # the value came from an environment variable: it may be a secret
+        if path in hidden or (loc and str(loc[-1]) in _SECRET_KEYS):
+            pass  # from an environment variable, or a secret key: never echo the value
+        elif e["type"] == "string_pattern_mismatch" and str(loc[-1:]) == "('url',)":
+            msg = f"must be an http:// or https:// URL with a host (got {e['input']!r})"
         elif e["type"] == "string_pattern_mismatch" and "a-z0-9" in str(e.get("ctx", {})):
             msg = (
                 "must be a slug: lowercase letters, digits, '-', '_' or '.', starting with a "

@@ -94,6 +94,87 @@ class RuntimeCollector(Collector):
         rejected.add_metric(["out_of_range"], rt.pipeline.out_of_range)
         rejected.add_metric(["unknown_point"], rt.pipeline.unknown_points)
         yield rejected
+        yield from _buffer_and_sinks(rt)
+
+
+def _buffer_and_sinks(rt: Runtime) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+    """Store-and-forward figures (M12): the outbox bound and drops, per-sink writes and state."""
+    store = rt.store
+    stats = rt.store_stats
+    backlogs = [store.sink_backlog(fw.name) for fw in rt.forwarders] if store else []
+    yield GaugeMetricFamily(
+        "otgw_buffer_records",
+        "Readings not yet acknowledged by the slowest sink (the outbox) [count]",
+        value=max(backlogs, default=0),
+    )
+    yield GaugeMetricFamily(
+        "otgw_buffer_bytes",
+        "Used size of the local store holding history and outbox [bytes]",
+        value=stats.get("used_bytes", 0),
+    )
+    yield GaugeMetricFamily(
+        "otgw_buffer_limit_bytes",
+        "Size bound of the local store (store.max_bytes) [bytes]",
+        value=rt.cfg.store.max_bytes,
+    )
+    if rt.cfg.store.max_unsent_readings is not None:
+        yield GaugeMetricFamily(
+            "otgw_buffer_limit_records",
+            "Unacknowledged readings a sink may have (store.max_unsent_readings) [count]",
+            value=rt.cfg.store.max_unsent_readings,
+        )
+    yield GaugeMetricFamily(
+        "otgw_store_readings", "History rows in the local store [count]",
+        value=stats.get("readings", 0),
+    )
+    yield CounterMetricFamily(
+        "otgw_buffer_dropped",
+        "Readings dropped (oldest first) before every sink acknowledged them",
+        value=store.dropped_total if store else 0,
+    )
+    labels = ["sink"]
+    writes = CounterMetricFamily(
+        "otgw_sink_write", "Write requests by result code", labels=["sink", "code"]
+    )
+    rejected = CounterMetricFamily(
+        "otgw_sink_rejected",
+        "Readings a sink refused, moved to dead letters, by reason",
+        labels=["sink", "reason"],
+    )
+    written = CounterMetricFamily(
+        "otgw_sink_written", "Readings acknowledged by the sink", labels=labels
+    )
+    dropped = CounterMetricFamily(
+        "otgw_sink_dropped",
+        "Readings dropped before this sink acknowledged them (all time)",
+        labels=labels,
+    )
+    backlog = GaugeMetricFamily(
+        "otgw_sink_backlog_records", "Readings not yet acknowledged [count]", labels=labels
+    )
+    oldest = GaugeMetricFamily(
+        "otgw_sink_oldest_unsent_age_seconds",
+        "Age of the oldest unacknowledged reading by source time [s] (0 when none)",
+        labels=labels,
+    )
+    up = GaugeMetricFamily(
+        "otgw_sink_up", "1 while the last write succeeded (or none failed yet), else 0",
+        labels=labels,
+    )
+    now = rt.now()
+    pairs = [(fw, store.sink_cursor(fw.name)) for fw in rt.forwarders] if store else []
+    for fw, cur in pairs:
+        for code, n in sorted(fw.writes.items()):
+            writes.add_metric([fw.name, code], n)
+        for reason, n in sorted(fw.rejected.items()):
+            rejected.add_metric([fw.name, reason], n)
+        written.add_metric([fw.name], fw.written)
+        dropped.add_metric([fw.name], cur.dropped)
+        backlog.add_metric([fw.name], cur.backlog)
+        age = (now - cur.oldest_unsent).total_seconds() if cur.oldest_unsent and cur.backlog else 0
+        oldest.add_metric([fw.name], max(0.0, age))
+        up.add_metric([fw.name], 0 if fw.state == "degraded" else 1)
+    yield from (writes, rejected, written, dropped, backlog, oldest, up)
 
 
 def build_registry(runtime: Runtime) -> CollectorRegistry:

@@ -5,6 +5,12 @@ exponential backoff with jitter) and it logs on link state changes, not on every
 Readings from all devices go through one ingest queue to a writer task that commits them to the
 store in one transaction per batch (a reading is *accepted* once committed), then updates the
 inventory (DESIGN.md §3). Pollers never wait for the store.
+
+Store and forward: one `gateway.sinks.forwarder.Forwarder` task per configured sink sends that
+sink's outbox (the committed readings it has not acknowledged) and advances its cursor only
+after a 2xx. The housekeeping task enforces the store's bounds (age, size, unsent readings) with
+drop-oldest; readings dropped before a sink had them become `buffer_overflow` gaps with their
+exact source-time bounds.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import contextlib
 import logging
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -23,16 +29,18 @@ from prometheus_client import CollectorRegistry
 from connectors.base import ConnectError, Connector, LinkLost
 from connectors.modbus.plan import ModbusPoint
 from connectors.registry import create_connector
-from gateway.clock import monotonic, to_rfc3339, utc_now
+from gateway.clock import monotonic, to_epoch_ns, to_rfc3339, utc_now
 from gateway.config import GatewayConfig
 from gateway.metrics import build_registry
 from gateway.model import Reading
 from gateway.pipeline import Pipeline, PointTransform
 from gateway.quality import Q
-from gateway.store import Store
+from gateway.sinks.forwarder import Forwarder
+from gateway.sinks.influx import InfluxSink
+from gateway.store import PurgeReport, Store
 from inventory.inventory import Inventory
 from inventory.spec import AssetSpec, DeviceSpec, InventorySpec, PointSpec, SiteSpec
-from inventory.views import Gap
+from inventory.views import Gap, GapCause
 
 log = logging.getLogger("ot_gateway.runtime")
 
@@ -40,8 +48,11 @@ HEARTBEAT_S = 2.0
 """How often the runtime records `last_alive` in the store [s]; bounds a gateway_down gap start."""
 TICK_S = 0.25
 """Period of stale-gap detection and state roll-up [s]."""
-PURGE_S = 600.0
-"""Period of store retention purges [s]."""
+PURGE_S = 2.0
+"""Period of store bound checks (retention, size, unsent readings) [s]; cheap when nothing is
+over a bound (an index seek and a few pragmas), so bounds hold within seconds."""
+STATS_S = 5.0
+"""Period of refreshing the store size figures exposed on /metrics [s]."""
 
 
 @dataclass(slots=True)
@@ -148,6 +159,10 @@ class Runtime:
         self.inventory = Inventory(self.spec, now=utc_now())
         self.monitored_since = utc_now()
         self.store: Store | None = None
+        self.forwarders: list[Forwarder] = []
+        self.store_stats: dict[str, int] = {}
+        self._overflow_gaps: dict[str, Gap] = {}
+        self._intervals = {p.key: p.expected_interval for p in self.spec.points}
         self.alarms: list[str] = []
         self.registry: CollectorRegistry = build_registry(self)
         self._queue: asyncio.Queue[list[Reading]] = asyncio.Queue()
@@ -169,6 +184,7 @@ class Runtime:
             self.store_path,
             retention_hours=self.cfg.store.retention_hours,
             max_bytes=self.cfg.store.max_bytes,
+            max_unsent=self.cfg.store.max_unsent_readings if self.cfg.sinks else None,
         )
         self.alarms.extend(self.store.alarms)
         for alarm in self.store.alarms:
@@ -191,8 +207,32 @@ class Runtime:
                 f"{len(down_gaps)} gateway_down gap(s) opened"
             )
         await self.store.set_meta("last_alive", to_rfc3339(now) or "")
+        await self.store.register_sinks([s.name for s in self.cfg.sinks])
+        for sc in self.cfg.sinks:
+            sink = InfluxSink(
+                name=sc.name,
+                url=sc.url,
+                org=sc.org,
+                bucket=sc.bucket,
+                token=sc.token.get_secret_value() if sc.token is not None else None,
+                timeout=sc.timeout,
+                verify_ssl=sc.verify_ssl,
+            )
+            self.forwarders.append(
+                Forwarder(
+                    self.store,
+                    sink,
+                    batch_size=sc.batch_size,
+                    flush_interval=sc.flush_interval,
+                    max_retry_delay=sc.max_retry_delay,
+                    on_event=self._on_event,
+                )
+            )
+        self.store_stats = await self.store.stats()
         self._tasks.append(asyncio.create_task(self._writer(), name="writer"))
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
+        for fw in self.forwarders:
+            self._tasks.append(asyncio.create_task(fw.run(), name=f"sink:{fw.name}"))
         for i, dev in enumerate(self.cfg.devices):
             self._tasks.append(
                 asyncio.create_task(self._device_loop(dev.id, i), name=f"device:{dev.id}")
@@ -200,18 +240,28 @@ class Runtime:
         self._started.set()
 
     async def stop(self) -> None:
-        """Stop polling, commit what is queued, record `last_alive`, close the store."""
+        """Stop polling, commit what is queued, stop forwarding, record `last_alive`, close.
+
+        Unacknowledged readings stay in the store's outbox and are sent after the next start.
+        """
         self._stopping.set()
         device_tasks = [t for t in self._tasks if t.get_name().startswith("device:")]
+        sink_tasks = [t for t in self._tasks if t.get_name().startswith("sink:")]
         for t in device_tasks:
             t.cancel()
         await asyncio.gather(*device_tasks, return_exceptions=True)
         await self._queue.put([])  # wake the writer so it drains and exits
-        others = [t for t in self._tasks if t not in device_tasks]
+        others = [t for t in self._tasks if t not in device_tasks and t not in sink_tasks]
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.gather(*others, return_exceptions=True), 10)
-        for t in others:
+        for t in others + sink_tasks:
             t.cancel()
+        await asyncio.gather(*sink_tasks, return_exceptions=True)
+        for fw in self.forwarders:
+            try:
+                await fw.close()
+            except Exception:  # closing a session must not block the store's close
+                log.exception("sink %s: close failed", fw.name)
         self._tasks.clear()
         if self.store is not None:
             await self.store.set_meta("last_alive", to_rfc3339(utc_now()) or "")
@@ -249,15 +299,37 @@ class Runtime:
         return {"status": "ok", "uptime_s": round(monotonic() - self.counters.started_monotonic, 1)}
 
     def readiness(self) -> tuple[bool, dict[str, object]]:
-        """Ready once the store is open and the tasks run; details list devices up and alarms."""
+        """Ready once the store is open and the tasks run.
+
+        Details list devices up, alarms and every sink's status (`sink_status`); a failing
+        sink is ``degraded`` (named in ``sinks_degraded``) but does not make the gateway
+        unready: readings are still accepted into the store (degraded, not down).
+        """
         up = sum(1 for d in self.devices.values() if d.link_up)
         ready = self._started.is_set() and self.store is not None and not self._stopping.is_set()
+        sinks = self.sink_status()
         return ready, {
             "store": "ok" if self.store is not None else "closed",
             "devices_up": up,
             "devices_total": len(self.devices),
             "alarms": list(self.alarms),
+            "sinks": sinks,
+            "sinks_degraded": [s["name"] for s in sinks if s["state"] == "degraded"],
         }
+
+    def sink_status(self) -> list[dict[str, object]]:
+        """Per configured sink: state (ok/degraded/starting), backlog, oldest unsent, errors.
+
+        Returns:
+            One dict per sink in config order, see `Forwarder.status` (JSON-able: str, int,
+            float, None, aware datetimes).
+        """
+        if self.store is None:
+            return []
+        try:
+            return [fw.status() for fw in self.forwarders]
+        except KeyError:  # store closed or sinks not registered yet
+            return []
 
     def metrics_registry(self) -> CollectorRegistry:
         """The Prometheus registry of this gateway."""
@@ -281,6 +353,8 @@ class Runtime:
                 await self.store.append(batch)
                 self.counters.readings_committed += len(batch)
                 self.counters.commit_batches += 1
+                for fw in self.forwarders:
+                    fw.notify()
                 changed = self.inventory.observe(batch)
                 for listener in list(self._listeners):
                     try:
@@ -304,7 +378,8 @@ class Runtime:
         """Stale-gap ticks, heartbeat, loop-lag measurement and retention purges."""
         assert self.store is not None  # noqa: S101 - started by start()
         next_beat = monotonic()
-        next_purge = monotonic() + 60
+        next_purge = monotonic() + PURGE_S
+        next_stats = monotonic() + STATS_S
         while not self._stopping.is_set():
             t0 = monotonic()
             await asyncio.sleep(TICK_S)
@@ -324,10 +399,57 @@ class Runtime:
                 next_beat += HEARTBEAT_S
                 await self.store.set_meta("last_alive", to_rfc3339(now) or "")
             if monotonic() >= next_purge:
-                next_purge += PURGE_S
+                next_purge = monotonic() + PURGE_S
                 deleted = await self.store.purge(now)
-                if deleted:
-                    log.info("retention purge removed %d readings", deleted)
+                report = self.store.last_purge
+                if report is not None and report.dropped:
+                    await self._record_overflow(report)
+                elif deleted:
+                    log.info("store purge removed %d readings (all acknowledged)", deleted)
+            if monotonic() >= next_stats:
+                next_stats = monotonic() + STATS_S
+                self.store_stats = await self.store.stats()
+
+    async def _record_overflow(self, report: PurgeReport) -> None:
+        """Record readings dropped before a sink had them as `buffer_overflow` gaps (M4, R8).
+
+        One closed gap per point with the dropped readings' exact source-time bounds
+        (``start`` = oldest, ``end`` = newest dropped). A drop that continues the point's
+        previous one (no acknowledgement in between, see `DroppedRange.continues`) extends
+        that gap instead of adding another.
+        """
+        assert self.store is not None  # noqa: S101 - called by housekeeping only
+        log.warning(
+            "store bound reached: dropped %d unsent readings (oldest first; by sink: %s)",
+            report.dropped,
+            ", ".join(f"{k}={v}" for k, v in sorted(report.dropped_by_sink.items())),
+        )
+        self._on_event(f"buffer overflow: dropped {report.dropped} unsent readings")
+        changed: list[Gap] = []
+        for r in report.dropped_ranges:
+            prev = self._overflow_gaps.get(r.key)
+            if prev is not None and r.continues and prev.end is not None and r.first >= prev.start:
+                prev.end = max(prev.end, r.last)
+                changed.append(replace(prev))
+                continue
+            gap = Gap(
+                id=f"{r.key}@{to_epoch_ns(r.first)}~overflow",
+                site=r.site,
+                asset=r.asset,
+                point=r.point,
+                cause=GapCause.BUFFER_OVERFLOW,
+                start=r.first,
+                end=r.last,
+                last_good=None,
+                first_bad=None,
+                expected_interval=self._intervals.get(r.key, 1.0),
+            )
+            self._overflow_gaps[r.key] = gap
+            # Inventory has no public call for a closed gap found outside observe/tick; its
+            # closed-gap list is what `Inventory.gaps` serves (the store keeps them anyway).
+            self.inventory._closed.append(gap)
+            changed.append(replace(gap))
+        await self.store.save_gaps(changed)
 
     async def _device_loop(self, device_id: str, index: int) -> None:
         """Connect, poll and reconnect one device forever (until cancelled)."""

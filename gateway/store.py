@@ -4,7 +4,25 @@ What it keeps:
 - ``readings``: the history, one small row per reading (the point key lives in ``points``);
 - ``latest``: the newest reading per point, for the inventory's restore after a restart;
 - ``gaps``: data gaps, upserted by id (M7: gaps survive restarts);
-- ``meta``: small key/value state (``last_alive`` heartbeat, ``monitored_since``).
+- ``meta``: small key/value state (``last_alive`` heartbeat, ``monitored_since``);
+- ``sink_cursors``: per sink, how far the outbox was acknowledged (store and forward);
+- ``dead_letters``: readings a sink refused (400/422/413 for one line), with the server's reason.
+
+Outbox (store and forward, DESIGN.md §3): the ``readings`` history *is* the outbox. Row ids come
+from ``AUTOINCREMENT`` (strictly increasing, never reused even after the newest rows were
+purged), so a sink's position is one integer: ``acked`` = every row with ``id <= acked`` was
+acknowledged with a 2xx. While a backlog drains, the forwarder also sends the newest rows; those
+form one acknowledged *live segment* ``(live_lo, live_hi]`` above ``acked`` that merges into
+``acked`` when the drain reaches it. A batch handed out by `Store.outbox_take` is *in flight*
+until `Store.outbox_ack` / `Store.outbox_release`; purges never delete in-flight rows, so every
+deleted row is either acknowledged or counted as dropped, exactly (R8: generated = stored +
+dropped + in flight).
+
+Bounds and drop-oldest (M4, R8): the store is bounded by age (``retention_hours``), size
+(``max_bytes``) and optionally by the unsent readings of any sink (``max_unsent``). Purges
+delete oldest first; every deleted row that a configured sink had not acknowledged is counted
+(per sink and in `Store.dropped_total`) and reported per point with its exact source-time
+bounds in `PurgeReport.dropped` so that the runtime records ``buffer_overflow`` gaps.
 
 Durability (M1): the database runs with ``journal_mode=WAL`` and ``synchronous=FULL``; `append`
 returns only after its transaction has committed, so "accepted" means committed and fsynced.
@@ -21,15 +39,19 @@ or is not a database at all, is renamed to ``<name>.corrupt-<UTC ts>`` (its ``-w
 alongside), a fresh store is created, and the event is appended to `Store.alarms`. A torn WAL
 tail left by a crash is discarded by SQLite itself (frames with bad checksums are ignored).
 
-Schema (``PRAGMA user_version = 1``)::
+Schema (``PRAGMA user_version = 2``; a version-1 file is migrated at open)::
 
     points(id INTEGER PRIMARY KEY, key TEXT UNIQUE, site, asset, point, unit, source)
-    readings(ts_ns INTEGER, point_id INTEGER, value ANY, vt INTEGER, quality INTEGER, gw_ns INTEGER)
+    readings(id INTEGER PRIMARY KEY AUTOINCREMENT, ts_ns INTEGER, point_id INTEGER, value ANY,
+             vt INTEGER, quality INTEGER, gw_ns INTEGER)
         INDEX readings_ts ON readings(ts_ns)              -- the only index on the hot table
     latest(point_id INTEGER PRIMARY KEY, ts_ns, value, vt, quality, gw_ns)
     gaps(id TEXT PRIMARY KEY, site, asset, point, cause, start_ns, end_ns, last_good_ns,
          first_bad_ns, expected_interval)                 INDEX gaps_end ON gaps(end_ns)
     meta(key TEXT PRIMARY KEY, value TEXT)
+    sink_cursors(sink TEXT PRIMARY KEY, acked, live_lo, live_hi, dropped)
+    dead_letters(id INTEGER PRIMARY KEY, sink, at_ns, reading_id, ts_ns, point_id, status,
+                 reason, line)
 
 ``ts_ns``/``gw_ns`` are source/gateway times in integer ns since the epoch. ``value`` holds
 float, int, str or NULL natively; ``vt`` is NULL except 1 = bool (stored 0/1) and 2 = an int
@@ -55,7 +77,7 @@ import sqlite3
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -64,13 +86,21 @@ from gateway.clock import from_epoch_ns, to_epoch_ns, utc_now
 from gateway.model import Reading, Value
 from inventory.views import Gap, GapCause
 
-__all__ = ["PurgeReport", "Store", "StoreClosedError"]
+__all__ = [
+    "DeadLetter",
+    "DroppedRange",
+    "OutboxBatch",
+    "PurgeReport",
+    "SinkCursor",
+    "Store",
+    "StoreClosedError",
+]
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1
 _VT_BOOL = 1
@@ -88,8 +118,8 @@ _SCHEMA = (
         id INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE, site TEXT NOT NULL,
         asset TEXT NOT NULL, point TEXT NOT NULL, unit TEXT, source TEXT NOT NULL DEFAULT '')""",
     """CREATE TABLE IF NOT EXISTS readings(
-        ts_ns INTEGER NOT NULL, point_id INTEGER NOT NULL, value, vt INTEGER,
-        quality INTEGER NOT NULL, gw_ns INTEGER NOT NULL)""",
+        id INTEGER PRIMARY KEY AUTOINCREMENT, ts_ns INTEGER NOT NULL, point_id INTEGER NOT NULL,
+        value, vt INTEGER, quality INTEGER NOT NULL, gw_ns INTEGER NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS readings_ts ON readings(ts_ns)",
     """CREATE TABLE IF NOT EXISTS latest(
         point_id INTEGER PRIMARY KEY, ts_ns INTEGER NOT NULL, value, vt INTEGER,
@@ -100,7 +130,27 @@ _SCHEMA = (
         first_bad_ns INTEGER, expected_interval REAL NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS gaps_end ON gaps(end_ns)",
     "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS sink_cursors(
+        sink TEXT PRIMARY KEY, acked INTEGER NOT NULL DEFAULT 0,
+        live_lo INTEGER NOT NULL DEFAULT 0, live_hi INTEGER NOT NULL DEFAULT 0,
+        dropped INTEGER NOT NULL DEFAULT 0)""",
+    """CREATE TABLE IF NOT EXISTS dead_letters(
+        id INTEGER PRIMARY KEY, sink TEXT NOT NULL, at_ns INTEGER NOT NULL,
+        reading_id INTEGER NOT NULL, ts_ns INTEGER NOT NULL, point_id INTEGER NOT NULL,
+        status INTEGER, reason TEXT NOT NULL, line TEXT NOT NULL)""",
 )
+_MIGRATE_V1 = (
+    "ALTER TABLE readings RENAME TO readings_v1",
+    """CREATE TABLE readings(
+        id INTEGER PRIMARY KEY AUTOINCREMENT, ts_ns INTEGER NOT NULL, point_id INTEGER NOT NULL,
+        value, vt INTEGER, quality INTEGER NOT NULL, gw_ns INTEGER NOT NULL)""",
+    """INSERT INTO readings(ts_ns, point_id, value, vt, quality, gw_ns)
+        SELECT ts_ns, point_id, value, vt, quality, gw_ns FROM readings_v1 ORDER BY rowid""",
+    "DROP TABLE readings_v1",
+)
+_OUTBOX_COLUMNS = "id, ts_ns, point_id, value, vt, quality"
+_MAX_REASON = 1000
+"""Characters of a dead letter's reason kept [count]."""
 
 _INSERT_READING = (
     "INSERT INTO readings(ts_ns, point_id, value, vt, quality, gw_ns) VALUES (?,?,?,?,?,?)"
@@ -122,10 +172,40 @@ _GAP_COLUMNS = (
 )
 
 _Row = tuple[int, int, Any, int | None, int, int]
+OutboxRow = tuple[int, int, int, Any, int | None, int]
+"""(id, source time [ns], point id, value, value type tag, quality): one outbox row."""
 
 
 class StoreClosedError(RuntimeError):
     """The store was used after `Store.close`."""
+
+
+@dataclass(frozen=True, slots=True)
+class DroppedRange:
+    """Readings of one point deleted before every configured sink had acknowledged them.
+
+    Attributes:
+        site, asset, point: The point.
+        count: Readings dropped [count].
+        first: Source time of the oldest dropped reading (aware UTC).
+        last: Source time of the newest dropped reading (aware UTC).
+        continues: True when no sink acknowledged anything since the previous drop of the
+            dropping sinks: the range continues the previous one of this point (drops are
+            oldest first), so the two can be recorded as one gap.
+    """
+
+    site: str
+    asset: str
+    point: str
+    count: int
+    first: datetime
+    last: datetime
+    continues: bool = False
+
+    @property
+    def key(self) -> str:
+        """The point key ``site/asset/point``."""
+        return f"{self.site}/{self.asset}/{self.point}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,12 +216,123 @@ class PurgeReport:
         by_age: History rows older than the retention [count].
         by_size: History rows dropped (oldest first) to get under ``max_bytes`` [count].
         size_cutoff: Rows with source time at or before this were dropped by size (aware UTC),
-            or None; the runtime records the dropped range as a `buffer_overflow` gap.
+            or None.
+        by_unsent_cap: Rows dropped (oldest unsent first) because a sink's backlog exceeded
+            ``max_unsent`` [count].
+        dropped: Deleted rows that at least one configured sink had not acknowledged [count].
+        dropped_by_sink: The same per sink name [count].
+        dropped_ranges: Per point, the dropped readings' count and exact source-time bounds;
+            the runtime records each as a `buffer_overflow` gap.
     """
 
     by_age: int
     by_size: int
     size_cutoff: datetime | None
+    by_unsent_cap: int = 0
+    dropped: int = 0
+    dropped_by_sink: dict[str, int] = field(default_factory=dict)
+    dropped_ranges: tuple[DroppedRange, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxBatch:
+    """Rows handed to a sink's forwarder; in flight until acked or released.
+
+    Attributes:
+        sink: Sink name.
+        rows: `OutboxRow` tuples in id order (non-empty).
+        lo: Exclusive lower id bound the batch covers.
+        hi: Inclusive upper id bound (the last row's id).
+        live: True for a batch of the newest rows taken while a backlog drains.
+    """
+
+    sink: str
+    rows: list[OutboxRow]
+    lo: int
+    hi: int
+    live: bool
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A reading a sink refused for good, moved out of the outbox with the server's reason.
+
+    Attributes:
+        reading_id: Outbox row id.
+        ts_ns: Source time [ns since epoch].
+        point_id: Store point id.
+        line: The line-protocol line that was refused.
+        status: HTTP status of the refusal, or None.
+        reason: The server's message (truncated to 1,000 characters).
+    """
+
+    reading_id: int
+    ts_ns: int
+    point_id: int
+    line: str
+    status: int | None
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterRecord:
+    """A stored dead letter, as `Store.dead_letters` returns it."""
+
+    id: int
+    sink: str
+    at: datetime
+    key: str
+    source_time: datetime
+    status: int | None
+    reason: str
+    line: str
+
+
+@dataclass(frozen=True, slots=True)
+class SinkCursor:
+    """A snapshot of one sink's outbox position.
+
+    Attributes:
+        sink: Sink name.
+        acked: Every row with id <= this was acknowledged.
+        live_lo, live_hi: The acknowledged live segment ``(live_lo, live_hi]`` (empty when
+            equal).
+        backlog: Readings not yet acknowledged [count] (exact; includes the in-flight batch).
+        dropped: Readings dropped before this sink acknowledged them, all time [count].
+        oldest_unsent: Source time of the oldest unacknowledged reading, or None.
+        in_flight: Rows of the batch being sent [count].
+    """
+
+    sink: str
+    acked: int
+    live_lo: int
+    live_hi: int
+    backlog: int
+    dropped: int
+    oldest_unsent: datetime | None
+    in_flight: int
+
+
+@dataclass(slots=True)
+class _Cursor:
+    """Writer-thread state of one sink (read without locks from the loop for status)."""
+
+    acked: int = 0
+    live_lo: int = 0
+    live_hi: int = 0
+    inflight: tuple[int, int, int] | None = None  # (lo, hi, rows)
+    backlog: int = 0
+    dropped: int = 0
+    oldest_ns: int | None = None
+    acks: int = 0
+    acks_at_drop: int = -1
+
+    @property
+    def live(self) -> bool:
+        return self.live_hi > self.live_lo
+
+    def unsent(self, row_id: int) -> bool:
+        return row_id > self.acked and not self.live_lo < row_id <= self.live_hi
 
 
 def _encode_value(value: Value) -> tuple[Any, int | None]:
@@ -227,17 +418,34 @@ class Store:
         path: The database file.
         retention_hours: History older than this is purged [h].
         max_bytes: Used database size above which the oldest history is purged [bytes].
+        max_unsent: Unacknowledged readings a sink may have before the oldest are dropped
+            [count], or None for no such bound (age and size still apply).
         alarms: Human-readable records of integrity events at open (R9), oldest first.
         last_purge: What the latest `purge` deleted, or None.
+        dropped_total: Readings deleted before every sink acknowledged them, since open
+            [count].
     """
 
-    def __init__(self, path: Path, *, retention_hours: float, max_bytes: int) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        retention_hours: float,
+        max_bytes: int,
+        max_unsent: int | None = None,
+    ) -> None:
         """Use `Store.open`; the constructor does no I/O."""
         self.path = path
         self.retention_hours = retention_hours
         self.max_bytes = max_bytes
+        self.max_unsent = max_unsent
         self.alarms: list[str] = []
         self.last_purge: PurgeReport | None = None
+        self.dropped_total = 0
+        self._cursors: dict[str, _Cursor] = {}
+        self._drops: dict[int, list[int]] = {}  # point id -> [count, first ns, last ns]
+        self._drop_sinks: dict[str, int] = {}
+        self._drop_continues: dict[int, bool] = {}
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._reader = concurrent.futures.ThreadPoolExecutor(
@@ -252,16 +460,25 @@ class Store:
     # ------------------------------------------------------------------ lifecycle
 
     @classmethod
-    async def open(cls, path: Path, *, retention_hours: float, max_bytes: int) -> Store:
+    async def open(
+        cls,
+        path: Path,
+        *,
+        retention_hours: float,
+        max_bytes: int,
+        max_unsent: int | None = None,
+    ) -> Store:
         """Open (or create) the store at `path`, checking its integrity first.
 
         Creates the parent directory; the file gets mode 0600 (its -wal/-shm inherit it). A
-        corrupt or foreign file is moved aside and recorded in `alarms` (no exception).
+        corrupt or foreign file is moved aside and recorded in `alarms` (no exception). A
+        version-1 file is migrated to version 2 (row ids for the outbox) in one transaction.
 
         Args:
             path: Database file, e.g. ``data/gateway.db``.
             retention_hours: History kept [h] (> 0).
             max_bytes: Size cap of the used database pages [bytes] (>= 64 KiB sensible).
+            max_unsent: Per-sink bound of unacknowledged readings [count], or None.
 
         Returns:
             The open store.
@@ -270,7 +487,9 @@ class Store:
             OSError: The directory or file cannot be created.
             sqlite3.Error: A fresh database cannot be created at `path`.
         """
-        store = cls(path, retention_hours=retention_hours, max_bytes=max_bytes)
+        store = cls(
+            path, retention_hours=retention_hours, max_bytes=max_bytes, max_unsent=max_unsent
+        )
         store._writer = threading.Thread(target=store._write_loop, name="store-write", daemon=True)
         store._writer.start()
         try:
@@ -342,6 +561,11 @@ class Store:
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA journal_size_limit=67108864")
             conn.execute("BEGIN IMMEDIATE")
+            columns = [r[1] for r in conn.execute("PRAGMA table_info(readings)")]
+            if columns and "id" not in columns:
+                log.warning("store %s: migrating readings to schema version 2", path)
+                for stmt in _MIGRATE_V1:
+                    conn.execute(stmt)
             for stmt in _SCHEMA:
                 conn.execute(stmt)
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
@@ -366,7 +590,7 @@ class Store:
                 detail = "; ".join(str(r[0]) for r in rows[:3])
                 return f"quick_check failed: {detail}"
             version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (0, SCHEMA_VERSION):
+            if version not in (0, 1, SCHEMA_VERSION):
                 return f"unknown schema version {version}"
         except sqlite3.Error as exc:
             return f"quick_check failed: {exc}"
@@ -569,6 +793,12 @@ class Store:
                 raise
             return
         self._rows += len(rows)
+        if rows and self._cursors:
+            first_ts = rows[0][0]
+            for cur in self._cursors.values():
+                cur.backlog += len(rows)
+                if cur.oldest_ns is None:
+                    cur.oldest_ns = first_ts
         for job in ok:
             job.future.set_result(None)
 
@@ -599,6 +829,259 @@ class Store:
             )
         )
 
+    # ------------------------------------------------------------------ outbox (sinks)
+
+    async def register_sinks(self, names: Sequence[str]) -> None:
+        """Track the outbox position of these sinks (call once, before forwarding).
+
+        A sink seen for the first time starts at the beginning of the stored history (it gets
+        every retained reading). Cursors of sinks not named here stay in the file untouched
+        and do not hold back purges.
+
+        Args:
+            names: Configured sink names.
+        """
+        await self._write(lambda: self._register_sync(list(names)))
+
+    def _register_sync(self, names: list[str]) -> None:
+        conn = self._wconn
+        if conn is None:
+            raise StoreClosedError(str(self.path))
+        self._tx(
+            lambda c: c.executemany(
+                "INSERT INTO sink_cursors(sink) VALUES (?) ON CONFLICT(sink) DO NOTHING",
+                [(n,) for n in names],
+            )
+        )
+        cursors: dict[str, _Cursor] = {}
+        for name in names:
+            acked, lo, hi, dropped = conn.execute(
+                "SELECT acked, live_lo, live_hi, dropped FROM sink_cursors WHERE sink = ?",
+                (name,),
+            ).fetchone()
+            cur = _Cursor(acked=int(acked), live_lo=int(lo), live_hi=int(hi), dropped=int(dropped))
+            if cur.live_hi <= cur.live_lo or cur.acked >= cur.live_lo:
+                cur.acked = max(cur.acked, cur.live_hi if cur.live else 0)
+                cur.live_lo = cur.live_hi = 0
+            unsent = conn.execute(
+                "SELECT count(*) FROM readings WHERE id > ?", (cur.acked,)
+            ).fetchone()[0]
+            if cur.live:
+                unsent -= conn.execute(
+                    "SELECT count(*) FROM readings WHERE id > ? AND id <= ?",
+                    (cur.live_lo, cur.live_hi),
+                ).fetchone()[0]
+            cur.backlog = int(unsent)
+            cursors[name] = cur
+        self._cursors = cursors
+        for cur in cursors.values():
+            self._refresh_oldest(cur)
+
+    def _refresh_oldest(self, cur: _Cursor) -> None:
+        """Set `cur.oldest_ns` to the source time of its first unacknowledged row (writer)."""
+        conn = self._wconn
+        if conn is None or cur.backlog <= 0:
+            cur.oldest_ns = None
+            return
+        row = conn.execute(
+            "SELECT ts_ns FROM readings WHERE id > ? AND (id <= ? OR id > ?) ORDER BY id LIMIT 1",
+            (cur.acked, cur.live_lo, cur.live_hi),
+        ).fetchone()
+        cur.oldest_ns = None if row is None else int(row[0])
+
+    def sink_cursor(self, sink: str) -> SinkCursor:
+        """A snapshot of a registered sink's outbox position (no I/O).
+
+        Raises:
+            KeyError: The sink was not registered.
+        """
+        cur = self._cursors[sink]
+        return SinkCursor(
+            sink=sink,
+            acked=cur.acked,
+            live_lo=cur.live_lo,
+            live_hi=cur.live_hi,
+            backlog=max(0, cur.backlog),
+            dropped=cur.dropped,
+            oldest_unsent=_dt(cur.oldest_ns),
+            in_flight=cur.inflight[2] if cur.inflight is not None else 0,
+        )
+
+    def sink_backlog(self, sink: str) -> int:
+        """Unacknowledged readings of a registered sink [count] (no I/O; exact)."""
+        return max(0, self._cursors[sink].backlog)
+
+    async def outbox_take(self, sink: str, limit: int, *, live: bool = False) -> OutboxBatch | None:
+        """Hand out the next batch of a sink's outbox and mark it in flight.
+
+        Args:
+            sink: A registered sink with no batch in flight.
+            limit: Rows at most [count, >= 1].
+            live: Take the newest rows (above the live segment, or the newest `limit` rows when
+                there is none) instead of the oldest unacknowledged ones. Used to keep live
+                data flowing while a backlog drains.
+
+        Returns:
+            The batch (rows in id order), or None when there is nothing to send.
+
+        Raises:
+            KeyError: Unknown sink.
+            RuntimeError: A batch of this sink is already in flight.
+        """
+        return await self._write(lambda: self._take_sync(sink, max(1, limit), live))
+
+    def _take_sync(self, sink: str, limit: int, live: bool) -> OutboxBatch | None:
+        conn = self._wconn
+        if conn is None:
+            raise StoreClosedError(str(self.path))
+        cur = self._cursors[sink]
+        if cur.inflight is not None:
+            msg = f"sink {sink}: a batch is already in flight"
+            raise RuntimeError(msg)
+        sql = f"SELECT {_OUTBOX_COLUMNS} FROM readings WHERE id > ? AND id <= ? ORDER BY id LIMIT ?"  # noqa: S608 - constant
+        if live:
+            if cur.live:
+                lo = cur.live_hi
+            else:
+                top = conn.execute("SELECT max(id) FROM readings").fetchone()[0] or 0
+                lo = max(cur.acked, int(top) - limit)
+            rows = conn.execute(sql, (lo, _INT64_MAX, limit)).fetchall()
+        else:
+            lo = cur.acked
+            upper = cur.live_lo if cur.live else _INT64_MAX
+            rows = conn.execute(sql, (lo, upper, limit)).fetchall()
+            if not rows and cur.live:
+                # Nothing left below the live segment: it joins the acknowledged prefix.
+                cur.acked, cur.live_lo, cur.live_hi = cur.live_hi, 0, 0
+                self._save_cursor(sink, cur)
+                lo = cur.acked
+                rows = conn.execute(sql, (lo, _INT64_MAX, limit)).fetchall()
+        if not rows:
+            return None
+        batch = OutboxBatch(sink, rows, lo, int(rows[-1][0]), live)
+        cur.inflight = (batch.lo, batch.hi, len(rows))
+        return batch
+
+    def outbox_release(self, batch: OutboxBatch) -> None:
+        """Give a batch back unsent (e.g. at shutdown); its rows stay in the outbox."""
+        cur = self._cursors.get(batch.sink)
+        if cur is not None and cur.inflight is not None and cur.inflight[1] == batch.hi:
+            cur.inflight = None
+
+    async def outbox_ack(self, batch: OutboxBatch, dead: Sequence[DeadLetter] = ()) -> None:
+        """Record that the sink acknowledged `batch` (2xx), moving refused lines to dead letters.
+
+        One transaction: the cursor advance and the dead letters commit together. Every row
+        of the batch leaves the sink's outbox (sent or dead-lettered).
+
+        Args:
+            batch: The batch from `outbox_take` (in flight).
+            dead: Lines of the batch the sink refused for good, with the server's reason.
+        """
+        await self._write(lambda: self._ack_sync(batch, list(dead)))
+
+    def _ack_sync(self, batch: OutboxBatch, dead: list[DeadLetter]) -> None:
+        cur = self._cursors[batch.sink]
+        new = _Cursor(acked=cur.acked, live_lo=cur.live_lo, live_hi=cur.live_hi)
+        if batch.live:
+            if new.live and batch.lo == new.live_hi:
+                new.live_hi = batch.hi
+            elif not new.live:
+                new.live_lo, new.live_hi = batch.lo, batch.hi
+            else:  # cannot happen: live batches start at live_hi
+                log.error("sink %s: live batch does not continue the live segment", batch.sink)
+        else:
+            new.acked = max(new.acked, batch.hi)
+        if new.live and new.acked >= new.live_lo:
+            new.acked, new.live_lo, new.live_hi = max(new.acked, new.live_hi), 0, 0
+        now_ns = to_epoch_ns(utc_now())
+        letters = [
+            (batch.sink, now_ns, d.reading_id, d.ts_ns, d.point_id, d.status,
+             d.reason[:_MAX_REASON], d.line)
+            for d in dead
+        ]
+
+        def body(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE sink_cursors SET acked = ?, live_lo = ?, live_hi = ? WHERE sink = ?",
+                (new.acked, new.live_lo, new.live_hi, batch.sink),
+            )
+            if letters:
+                conn.executemany(
+                    "INSERT INTO dead_letters(sink, at_ns, reading_id, ts_ns, point_id, status, "
+                    "reason, line) VALUES (?,?,?,?,?,?,?,?)",
+                    letters,
+                )
+
+        self._tx(body)
+        cur.acked, cur.live_lo, cur.live_hi = new.acked, new.live_lo, new.live_hi
+        cur.inflight = None
+        cur.backlog -= len(batch.rows)
+        cur.acks += 1
+        self._refresh_oldest(cur)
+
+    def _save_cursor(self, sink: str, cur: _Cursor) -> None:
+        self._tx(
+            lambda c: c.execute(
+                "UPDATE sink_cursors SET acked = ?, live_lo = ?, live_hi = ? WHERE sink = ?",
+                (cur.acked, cur.live_lo, cur.live_hi, sink),
+            )
+        )
+
+    async def point_idents(self, ids: Sequence[int]) -> dict[int, tuple[str, str, str]]:
+        """(site, asset, point) of store point ids; unknown ids are absent."""
+        wanted = list(ids)
+
+        def q(conn: sqlite3.Connection) -> dict[int, tuple[str, str, str]]:
+            out: dict[int, tuple[str, str, str]] = {}
+            for i in range(0, len(wanted), 500):
+                chunk = wanted[i : i + 500]
+                marks = ",".join("?" * len(chunk))
+                for pid, site, asset, point in conn.execute(
+                    f"SELECT id, site, asset, point FROM points WHERE id IN ({marks})",  # noqa: S608 - placeholders only
+                    chunk,
+                ):
+                    out[int(pid)] = (site, asset, point)
+            return out
+
+        return await self._read(q)
+
+    async def dead_letters(
+        self, *, sink: str | None = None, limit: int = 100
+    ) -> list[DeadLetterRecord]:
+        """The newest dead letters, newest first.
+
+        Args:
+            sink: Only this sink's, or all.
+            limit: Records at most [count, >= 0].
+
+        Returns:
+            Dead letters with their point key and the server's reason.
+        """
+
+        def q(conn: sqlite3.Connection) -> list[DeadLetterRecord]:
+            cur = conn.execute(
+                "SELECT d.id, d.sink, d.at_ns, p.key, d.ts_ns, d.status, d.reason, d.line "
+                "FROM dead_letters d LEFT JOIN points p ON p.id = d.point_id "
+                "WHERE (? IS NULL OR d.sink = ?) ORDER BY d.id DESC LIMIT ?",
+                (sink, sink, max(0, limit)),
+            )
+            return [
+                DeadLetterRecord(
+                    id=int(i),
+                    sink=sk,
+                    at=from_epoch_ns(at),
+                    key=key or "",
+                    source_time=from_epoch_ns(ts),
+                    status=st,
+                    reason=reason,
+                    line=line,
+                )
+                for i, sk, at, key, ts, st, reason, line in cur
+            ]
+
+        return await self._read(q)
+
     def _tx(self, body: Callable[[sqlite3.Connection], object]) -> None:
         conn = self._wconn
         if conn is None:
@@ -613,13 +1096,17 @@ class Store:
             raise
 
     async def purge(self, now: datetime) -> int:
-        """Delete history by age (``retention_hours``), then by size (``max_bytes``).
+        """Delete history by age, by size, then the oldest unsent readings above ``max_unsent``.
 
         Age: rows with source time before ``now - retention_hours``. Size: when the used pages
         exceed ``max_bytes``, the oldest rows (by source time) are dropped until the used size
-        is at most 90 % of it. Deletes run in chunks of separate transactions so queued appends
-        are not held up; freed pages are returned to the file system (incremental vacuum).
-        ``latest``, ``gaps`` and ``meta`` are never purged. Details land in `last_purge`.
+        is at most 90 % of it. Unsent cap: a sink with more than ``max_unsent`` unacknowledged
+        readings loses its oldest unsent ones (by outbox order) down to exactly the cap. Rows
+        in flight to a sink are never deleted. Deletes run in chunks of separate transactions
+        so queued appends are not held up; freed pages are returned to the file system
+        (incremental vacuum). ``latest``, ``gaps`` and ``meta`` are never purged. Every deleted
+        row a configured sink had not acknowledged is counted (`dropped_total`, per sink) and
+        reported per point in `last_purge`.
 
         Args:
             now: Current time (aware UTC).
@@ -627,10 +1114,11 @@ class Store:
         Returns:
             History rows deleted [count].
         """
+        await self._write(self._reset_drops)
         cutoff = to_epoch_ns(now) - int(self.retention_hours * 3600 * 1_000_000_000)
         by_age = 0
         while True:
-            n = await self._write(lambda: self._delete_before(cutoff, inclusive=False))
+            n = await self._write(lambda: self._delete_chunk("ts_ns < ?", (cutoff,), "ts_ns"))
             by_age += n
             if n < _PURGE_CHUNK:
                 break
@@ -645,28 +1133,142 @@ class Store:
             size_cutoff = ts_cut if size_cutoff is None else max(size_cutoff, ts_cut)
             if deleted == 0:
                 break
-        if by_age or by_size:
+        by_cap = 0
+        if self.max_unsent is not None:
+            for _ in range(10_000):  # bounded; each round deletes up to one chunk
+                n = await self._write(self._cap_step)
+                by_cap += n
+                if n == 0:
+                    break
+        if by_age or by_size or by_cap:
             await self._write(self._vacuum_sync)
-        self.last_purge = PurgeReport(by_age, by_size, _dt(size_cutoff))
-        return by_age + by_size
+        report = await self._write(
+            lambda: self._collect_drops(by_age, by_size, _dt(size_cutoff), by_cap)
+        )
+        self.last_purge = report
+        return by_age + by_size + by_cap
 
-    def _delete_before(self, cutoff_ns: int, *, inclusive: bool) -> int:
-        """Delete up to one chunk of rows with ts_ns < (or <=) cutoff; return rows deleted."""
-        op = "<=" if inclusive else "<"
-        deleted = 0
+    def _reset_drops(self) -> None:
+        self._drops = {}
+        self._drop_sinks = {}
+        self._drop_continues = {}
+
+    def _inflight_clause(self) -> tuple[str, list[int]]:
+        """SQL excluding every in-flight batch's id range, with its parameters."""
+        sql = ""
+        params: list[int] = []
+        for cur in self._cursors.values():
+            if cur.inflight is not None:
+                sql += " AND NOT (id > ? AND id <= ?)"
+                params += [cur.inflight[0], cur.inflight[1]]
+        return sql, params
+
+    def _delete_chunk(
+        self, where: str, params: Sequence[int], order: str, limit: int = _PURGE_CHUNK
+    ) -> int:
+        """Delete up to `limit` rows matching `where` (never in flight), in `order`.
+
+        Runs on the writer thread. Unsent rows among them are counted as dropped in the same
+        transaction (cursor ``dropped`` persisted) and accumulated for `_collect_drops`.
+
+        Returns:
+            Rows deleted [count].
+        """
+        excl, excl_params = self._inflight_clause()
+        found: list[tuple[int, int, int]] = []
+        per_sink: dict[str, int] = {}
+        drops: dict[int, list[int]] = {}
 
         def body(conn: sqlite3.Connection) -> None:
-            nonlocal deleted
-            cur = conn.execute(
-                "DELETE FROM readings WHERE rowid IN (SELECT rowid FROM readings "  # noqa: S608 - op is a constant
-                f"WHERE ts_ns {op} ? ORDER BY ts_ns LIMIT ?)",
-                (cutoff_ns, _PURGE_CHUNK),
-            )
-            deleted = cur.rowcount
+            nonlocal found, per_sink
+            found = conn.execute(
+                f"SELECT id, point_id, ts_ns FROM readings WHERE {where}{excl} "  # noqa: S608 - constant fragments
+                f"ORDER BY {order} LIMIT ?",
+                (*params, *excl_params, limit),
+            ).fetchall()
+            if not found:
+                return
+            per_sink = {name: 0 for name in self._cursors}
+            if self._cursors:
+                cursors = list(self._cursors.items())
+                for row_id, pid, ts in found:
+                    hit = False
+                    for name, cur in cursors:
+                        if cur.unsent(row_id):
+                            per_sink[name] += 1
+                            hit = True
+                    if hit:
+                        d = drops.get(pid)
+                        if d is None:
+                            drops[pid] = [1, ts, ts]
+                        else:
+                            d[0] += 1
+                            if ts < d[1]:
+                                d[1] = ts
+                            if ts > d[2]:
+                                d[2] = ts
+                conn.executemany(
+                    "UPDATE sink_cursors SET dropped = dropped + ? WHERE sink = ?",
+                    [(n, name) for name, n in per_sink.items() if n],
+                )
+            conn.executemany("DELETE FROM readings WHERE id = ?", [(r[0],) for r in found])
 
         self._tx(body)
-        self._rows -= deleted
-        return deleted
+        self._rows -= len(found)
+        self._apply_drops(per_sink, drops)
+        return len(found)
+
+    def _apply_drops(self, per_sink: dict[str, int], drops: dict[int, list[int]]) -> None:
+        """After a committed delete: update cursors and accumulate the per-point drops."""
+        if not drops:
+            return
+        involved = [self._cursors[name] for name, n in per_sink.items() if n]
+        continues = all(cur.acks == cur.acks_at_drop for cur in involved)
+        for cur in involved:
+            cur.acks_at_drop = cur.acks
+        for name, n in per_sink.items():
+            if n:
+                cur = self._cursors[name]
+                cur.backlog -= n
+                cur.dropped += n
+                self._drop_sinks[name] = self._drop_sinks.get(name, 0) + n
+        for pid, (count, first, last) in drops.items():
+            acc = self._drops.get(pid)
+            if acc is None:
+                self._drops[pid] = [count, first, last]
+                self._drop_continues[pid] = continues
+            else:
+                acc[0] += count
+                acc[1] = min(acc[1], first)
+                acc[2] = max(acc[2], last)
+            self.dropped_total += count
+        for cur in self._cursors.values():
+            self._refresh_oldest(cur)
+
+    def _collect_drops(
+        self, by_age: int, by_size: int, size_cutoff: datetime | None, by_cap: int
+    ) -> PurgeReport:
+        idents = {pid: ident for ident, (pid, _u, _s) in self._point_ids.items()}
+        ranges = []
+        for pid, (count, first, last) in sorted(self._drops.items(), key=lambda kv: kv[1][1]):
+            site, asset, point = idents.get(pid, ("?", "?", str(pid)))
+            ranges.append(
+                DroppedRange(
+                    site,
+                    asset,
+                    point,
+                    count,
+                    from_epoch_ns(first),
+                    from_epoch_ns(last),
+                    self._drop_continues.get(pid, False),
+                )
+            )
+        dropped = sum(r.count for r in ranges)
+        report = PurgeReport(
+            by_age, by_size, size_cutoff, by_cap, dropped, dict(self._drop_sinks), tuple(ranges)
+        )
+        self._reset_drops()
+        return report
 
     def _used_bytes(self, conn: sqlite3.Connection) -> int:
         page_count = conn.execute("PRAGMA page_count").fetchone()[0]
@@ -694,12 +1296,33 @@ class Store:
         ts_cut = int(row[0])
         deleted = 0
         while True:
-            chunk = self._delete_before(ts_cut, inclusive=True)
+            chunk = self._delete_chunk("ts_ns <= ?", (ts_cut,), "ts_ns")
             deleted += chunk
             if chunk < _PURGE_CHUNK:
                 break
         self._vacuum_sync()
         return deleted, ts_cut
+
+    def _cap_step(self) -> int:
+        """Drop up to one chunk of the oldest unsent rows of the sink furthest over the cap."""
+        cap = self.max_unsent
+        if cap is None or not self._cursors:
+            return 0
+        name, cur = max(self._cursors.items(), key=lambda kv: kv[1].backlog)
+        excess = cur.backlog - cap
+        if excess <= 0:
+            return 0
+        # The oldest unsent rows of this sink in outbox order; in-flight rows are skipped by
+        # _delete_chunk, so the rows after them go.
+        deleted = self._delete_chunk(
+            "id > ? AND NOT (id > ? AND id <= ?)",
+            (cur.acked, cur.live_lo, cur.live_hi),
+            "id",
+            min(excess, _PURGE_CHUNK),
+        )
+        if deleted == 0:
+            log.warning("store: sink %s over max_unsent but nothing deletable", name)
+        return deleted
 
     def _vacuum_sync(self) -> None:
         conn = self._wconn
