@@ -445,9 +445,7 @@ class Runtime:
                 expected_interval=self._intervals.get(r.key, 1.0),
             )
             self._overflow_gaps[r.key] = gap
-            # Inventory has no public call for a closed gap found outside observe/tick; its
-            # closed-gap list is what `Inventory.gaps` serves (the store keeps them anyway).
-            self.inventory._closed.append(gap)
+            self.inventory.add_closed_gap(gap)
             changed.append(replace(gap))
         await self.store.save_gaps(changed)
 

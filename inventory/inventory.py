@@ -533,6 +533,24 @@ class Inventory:
         self._dirty_devices.setdefault(d, now)
         self._flush_dirty()
 
+    def add_closed_gap(self, gap: Gap) -> None:
+        """Record a gap found outside `observe`/`tick`, already closed (e.g. `buffer_overflow`).
+
+        The gap is listed by `gaps()`; it does not change any point's state. The caller
+        persists it. A gap with the same id recorded earlier is kept as well (the newest
+        snapshot wins in the store).
+
+        Args:
+            gap: A closed gap (``end`` set).
+
+        Raises:
+            ValueError: The gap is open.
+        """
+        if gap.end is None:
+            msg = f"gap {gap.id} is open; only closed gaps can be added"
+            raise ValueError(msg)
+        self._closed.append(gap)
+
     def device_alive(self, device: str, now: datetime) -> None:
         """A keep-alive proved the device's subscription alive: silent points are not a gap.
 
