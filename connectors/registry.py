@@ -7,16 +7,23 @@ only when a device uses it, so a gateway without OPC UA devices never imports as
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from connectors.base import Connector
 from connectors.modbus.config import ModbusDeviceConfig
 from connectors.modbus.plan import ModbusPoint
+from connectors.mqtt.config import MqttDeviceConfig
+from connectors.opcua.config import OpcUaDeviceConfig
 
-DeviceConfig = ModbusDeviceConfig
-"""Union of the device config models (OPC UA and MQTT join later)."""
+if TYPE_CHECKING:
+    from connectors.mqtt.connector import MqttPoint
+    from connectors.opcua.connector import OpcUaPoint
 
-PointSpec = ModbusPoint
-"""Union of the per-protocol point descriptions a connector polls."""
+DeviceConfig = ModbusDeviceConfig | OpcUaDeviceConfig | MqttDeviceConfig
+"""Union of the device config models."""
+
+PointSpec = "ModbusPoint | OpcUaPoint | MqttPoint"
+"""Union of the per-protocol point descriptions a connector acquires (documentation alias)."""
 
 ConnectorFactory = Callable[..., Connector]
 """``factory(device_config, points, **options) -> Connector`` (a connector class)."""
@@ -28,8 +35,22 @@ def _modbus() -> ConnectorFactory:
     return ModbusConnector
 
 
+def _opcua() -> ConnectorFactory:
+    from connectors.opcua.connector import OpcUaConnector  # lazy: imports asyncua
+
+    return OpcUaConnector
+
+
+def _mqtt() -> ConnectorFactory:
+    from connectors.mqtt.connector import MqttConnector  # lazy: imports aiomqtt
+
+    return MqttConnector
+
+
 _FACTORIES: dict[str, Callable[[], ConnectorFactory]] = {
     "modbus": _modbus,
+    "opcua": _opcua,
+    "mqtt": _mqtt,
 }
 """protocol -> loader of its connector class."""
 
@@ -40,13 +61,16 @@ def protocols() -> list[str]:
 
 
 def create_connector(
-    device_config: DeviceConfig, points: Sequence[PointSpec], **options: object
+    device_config: DeviceConfig,
+    points: Sequence[ModbusPoint | OpcUaPoint | MqttPoint],
+    **options: object,
 ) -> Connector:
     """Build the connector of a device.
 
     Args:
         device_config: The device; its ``protocol`` selects the connector.
-        points: The device's points (for Modbus: `ModbusPoint`, key ``site/asset/point``).
+        points: The device's points, of the protocol's point type (`ModbusPoint`,
+            `OpcUaPoint`, `MqttPoint`), keys ``site/asset/point``.
         **options: Keyword options of the connector class (e.g. ``clock=``).
 
     Returns:

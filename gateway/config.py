@@ -17,19 +17,23 @@ import re
 from collections.abc import Iterator
 from itertools import pairwise
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
 import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
     SecretStr,
+    Tag,
     ValidationError,
     model_validator,
 )
 
 from connectors.modbus.config import ModbusAddress, ModbusDeviceConfig
+from connectors.mqtt.config import MqttAddress, MqttDeviceConfig
+from connectors.opcua.config import AcquisitionMode, OpcUaAddress, OpcUaDeviceConfig
 
 _STRICT = ConfigDict(extra="forbid", frozen=True)
 SLUG = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
@@ -48,8 +52,13 @@ class ConfigError(Exception):
         self.messages = messages
 
 
-class PointConfig(ModbusAddress):
-    """A data point of an asset, read from a device.
+NO_EXPECTATION_S = 86400.0
+"""Expected interval [s] of a point that promises no rate (an MQTT topic with no
+`expected_interval`): only Bad data and a day of silence open gaps."""
+
+
+class PointBase(BaseModel):
+    """What every point has, whatever its protocol.
 
     Attributes:
         id: Point id (slug), unique within its asset.
@@ -60,7 +69,11 @@ class PointConfig(ModbusAddress):
         offset: See scale. Default 0.
         range: Optional engineering range [min, max]; values outside are Uncertain.
         poll_interval: Overrides the device's poll interval [s] [0.01 .. 86400].
+        expected_interval: Seconds between samples when healthy, for gap detection, where
+            the protocol does not imply it (MQTT) [s] [0.01 .. 86400].
     """
+
+    model_config = _STRICT
 
     id: str = Field(pattern=SLUG, description="Point id (slug)")
     name: str | None = None
@@ -72,6 +85,9 @@ class PointConfig(ModbusAddress):
         default=None, description="Engineering range [min, max]; outside -> Uncertain"
     )
     poll_interval: float | None = Field(default=None, ge=0.01, le=86400, description="[s]")
+    expected_interval: float | None = Field(
+        default=None, ge=0.01, le=86400, description="Expected seconds between samples [s]"
+    )
 
     @model_validator(mode="after")
     def _check_range(self) -> Self:
@@ -81,6 +97,70 @@ class PointConfig(ModbusAddress):
                 msg = f"range: must be [min, max] with finite min <= max, got {list(self.range)}"
                 raise ValueError(msg)
         return self
+
+
+class ModbusPointConfig(ModbusAddress, PointBase):
+    """A point on a Modbus device: the common fields plus the register address (flat keys)."""
+
+
+class OpcUaPointConfig(OpcUaAddress, PointBase):
+    """A point on an OPC UA server: the common fields plus `node_id`/`browse_path` and mode."""
+
+
+class MqttPointConfig(PointBase):
+    """A point fed by an MQTT device: its own topic rule under `mqtt:`, or a device mapping.
+
+    Attributes:
+        mqtt: The point's own topic rule, or None when one of the device's `mappings`
+            resolves the point's key.
+    """
+
+    mqtt: MqttAddress | None = Field(default=None, description="The point's own topic rule")
+
+
+def _point_kind(value: Any) -> str:  # noqa: ANN401 - pydantic passes raw input or a model
+    """Discriminate points by their address keys: register -> Modbus, node_id -> OPC UA."""
+    if isinstance(value, dict):
+        if "register" in value or "table" in value:
+            return "point:modbus"
+        if "node_id" in value or "browse_path" in value:
+            return "point:opcua"
+        return "point:other"
+    if isinstance(value, ModbusPointConfig):
+        return "point:modbus"
+    if isinstance(value, OpcUaPointConfig):
+        return "point:opcua"
+    return "point:other"
+
+
+PointConfig = Annotated[
+    Annotated[ModbusPointConfig, Tag("point:modbus")]
+    | Annotated[OpcUaPointConfig, Tag("point:opcua")]
+    | Annotated[MqttPointConfig, Tag("point:other")],
+    Discriminator(_point_kind),
+]
+"""A point of any protocol, chosen by its keys (`register`, `node_id`/`browse_path`, else MQTT)."""
+AnyPoint = ModbusPointConfig | OpcUaPointConfig | MqttPointConfig
+
+
+def _device_kind(value: Any) -> str:  # noqa: ANN401 - pydantic passes raw input or a model
+    """Discriminate devices by `protocol` (default modbus)."""
+    proto = value.get("protocol", "modbus") if isinstance(value, dict) else value.protocol
+    return f"device:{proto}"
+
+
+DeviceConfig = Annotated[
+    Annotated[ModbusDeviceConfig, Tag("device:modbus")]
+    | Annotated[OpcUaDeviceConfig, Tag("device:opcua")]
+    | Annotated[MqttDeviceConfig, Tag("device:mqtt")],
+    Discriminator(
+        _device_kind,
+        custom_error_type="unknown_protocol",
+        custom_error_message="protocol must be modbus, opcua or mqtt",
+    ),
+]
+"""A device of any protocol, chosen by its `protocol` key."""
+AnyDevice = ModbusDeviceConfig | OpcUaDeviceConfig | MqttDeviceConfig
 
 
 class AssetConfig(BaseModel):
@@ -219,30 +299,64 @@ class GatewayConfig(BaseModel):
         default_factory=list, description="Where readings are forwarded (store and forward)"
     )
     sites: list[SiteConfig] = Field(default_factory=list)
-    devices: list[ModbusDeviceConfig] = Field(default_factory=list)
+    devices: list[DeviceConfig] = Field(default_factory=list)
     point_files: list[str] = Field(
         default_factory=list, description="CSV point lists, relative to this file"
     )
 
-    def iter_points(self) -> Iterator[tuple[SiteConfig, AssetConfig, PointConfig]]:
+    def iter_points(self) -> Iterator[tuple[SiteConfig, AssetConfig, AnyPoint]]:
         """Yield every (site, asset, point) in file order."""
         for site in self.sites:
             for asset in site.assets:
                 for point in asset.points:
                     yield site, asset, point
 
-    def device(self, device_id: str) -> ModbusDeviceConfig:
+    def device(self, device_id: str) -> AnyDevice:
         """The device with this id. Raises KeyError."""
         for dev in self.devices:
             if dev.id == device_id:
                 return dev
         raise KeyError(device_id)
 
-    def poll_interval(self, point: PointConfig) -> float:
-        """The point's effective poll interval [s]: its own, else its device's."""
+    def poll_interval(self, point: AnyPoint) -> float:
+        """The point's effective poll interval [s]: its own, else its device's.
+
+        Raises:
+            ValueError: The point is not polled (an MQTT point).
+        """
         if point.poll_interval is not None:
             return point.poll_interval
-        return self.device(point.device).poll_interval
+        dev = self.device(point.device)
+        if isinstance(dev, MqttDeviceConfig):
+            msg = f"point {point.id!r} is on MQTT device {dev.id!r}: it is not polled"
+            raise ValueError(msg)
+        return dev.poll_interval
+
+    def expected_interval(self, point: AnyPoint) -> float:
+        """Seconds between samples of a healthy point [s], for gap detection.
+
+        Modbus and polled OPC UA points: the poll interval. OPC UA subscription points
+        (report by exception): `max_report_interval` if set, else the subscription's
+        liveness limit (keep-alives keep a silent point fresh, `Inventory.device_alive`).
+        MQTT points: their `expected_interval` (point, then its `mqtt:` rule), else
+        `NO_EXPECTATION_S` (a device mapping's interval is applied by the runtime).
+        """
+        dev = self.device(point.device)
+        if point.expected_interval is not None:
+            return point.expected_interval
+        if isinstance(point, OpcUaPointConfig) and isinstance(dev, OpcUaDeviceConfig):
+            if point.mode is AcquisitionMode.SUBSCRIPTION:
+                return point.max_report_interval or dev.liveness_limit
+            return self.poll_interval(point)
+        if isinstance(point, MqttPointConfig):
+            if point.mqtt is not None and point.mqtt.expected_interval is not None:
+                return point.mqtt.expected_interval
+            return NO_EXPECTATION_S
+        return self.poll_interval(point)
+
+    def report_by_exception(self, point: AnyPoint) -> bool:
+        """True for OPC UA subscription points (silence is not a gap while keep-alives come)."""
+        return isinstance(point, OpcUaPointConfig) and point.mode is AcquisitionMode.SUBSCRIPTION
 
 
 # ---------------------------------------------------------------------------------------------
@@ -257,7 +371,7 @@ def _check_references(cfg: GatewayConfig) -> list[str]:
     for i, dev in enumerate(cfg.devices):
         if dev.id in [d.id for d in cfg.devices[:i]]:
             errors.append(f"devices[{i}].id: duplicate device id {dev.id!r}")
-        if dev.timeout >= dev.poll_interval:
+        if isinstance(dev, ModbusDeviceConfig) and dev.timeout >= dev.poll_interval:
             errors.append(
                 f"devices[{i}].timeout: must be shorter than poll_interval "
                 f"({dev.poll_interval} s), got {dev.timeout} s"
@@ -282,13 +396,41 @@ def _check_references(cfg: GatewayConfig) -> list[str]:
                 pdev = devices.get(point.device)
                 if pdev is None:
                     errors.append(f"{ppath}.device: unknown device {point.device!r}")
-                elif point.poll_interval is not None and pdev.timeout >= point.poll_interval:
+                elif (wrong := _protocol_mismatch(point, pdev)) is not None:
+                    errors.append(f"{ppath}: {wrong}")
+                elif (
+                    isinstance(pdev, ModbusDeviceConfig)
+                    and point.poll_interval is not None
+                    and pdev.timeout >= point.poll_interval
+                ):
                     errors.append(
                         f"{ppath}.poll_interval: must be longer than the timeout of device "
                         f"{pdev.id!r} ({pdev.timeout} s), got {point.poll_interval} s"
                     )
     errors.extend(_check_overlaps(cfg))
     return errors
+
+
+_POINT_KEYS = {
+    "modbus": "`register` and `address`",
+    "opcua": "`node_id` or `browse_path`",
+    "mqtt": "an optional `mqtt:` topic rule",
+}
+
+
+def _protocol_mismatch(point: AnyPoint, dev: AnyDevice) -> str | None:
+    """A message when a point's address keys do not fit its device's protocol."""
+    kind = {
+        ModbusPointConfig: "modbus",
+        OpcUaPointConfig: "opcua",
+        MqttPointConfig: "mqtt",
+    }[type(point)]
+    if kind == dev.protocol:
+        return None
+    return (
+        f"device {dev.id!r} speaks {dev.protocol}: its points need {_POINT_KEYS[dev.protocol]}"
+        f" (this point has the keys of a {kind} point)"
+    )
 
 
 def _check_overlaps(cfg: GatewayConfig) -> list[str]:
@@ -298,7 +440,7 @@ def _check_overlaps(cfg: GatewayConfig) -> list[str]:
         for ai, asset in enumerate(site.assets):
             for pi, p in enumerate(asset.points):
                 dev = next((d for d in cfg.devices if d.id == p.device), None)
-                if dev is None:
+                if not isinstance(dev, ModbusDeviceConfig) or not isinstance(p, ModbusPointConfig):
                     continue
                 unit = p.unit_id if p.unit_id is not None else dev.unit_id
                 key = (p.device, unit, p.table.value)
@@ -329,6 +471,8 @@ def _check_overlaps(cfg: GatewayConfig) -> list[str]:
 def _format_loc(loc: tuple[int | str, ...]) -> str:
     out = ""
     for part in loc:
+        if isinstance(part, str) and part.startswith(("point:", "device:")):
+            continue  # a union tag, not a key the user wrote
         if isinstance(part, int):
             out += f"[{part}]"
         else:

@@ -1,16 +1,44 @@
-"""`ot-gateway plan FILE`: what will be polled, per device and in total."""
+"""`ot-gateway plan FILE`: what will be acquired, per device and in total."""
 
 from __future__ import annotations
 
-from connectors.modbus.plan import PlanInfo, build_plan, describe_plan
+from connectors.modbus.config import ModbusDeviceConfig
+from connectors.modbus.plan import ModbusPoint, PlanInfo, build_plan, describe_plan
 from gateway.config import GatewayConfig
 from gateway.runtime import device_points
 
 
 def plan_config(cfg: GatewayConfig) -> list[PlanInfo]:
-    """The request plan of every device, in config order."""
+    """The request plan of every Modbus device, in config order."""
     points = device_points(cfg)
-    return [describe_plan(dev, build_plan(dev, points[dev.id])) for dev in cfg.devices]
+    return [
+        describe_plan(
+            dev, build_plan(dev, [p for p in points[dev.id] if isinstance(p, ModbusPoint)])
+        )
+        for dev in cfg.devices
+        if isinstance(dev, ModbusDeviceConfig)
+    ]
+
+
+def _other_devices(cfg: GatewayConfig) -> list[str]:
+    """One line per OPC UA / MQTT device: how its points are acquired."""
+    lines = []
+    for dev in cfg.devices:
+        if isinstance(dev, ModbusDeviceConfig):
+            continue
+        points = [p for _, _, p in cfg.iter_points() if p.device == dev.id]
+        rbe = sum(1 for p in points if cfg.report_by_exception(p))
+        if dev.protocol == "opcua":
+            lines.append(
+                f"device {dev.id} ({dev.endpoint}): {len(points)} points, {rbe} by subscription "
+                f"(report by exception), {len(points) - rbe} polled"
+            )
+        else:
+            lines.append(
+                f"device {dev.id} ({dev.endpoint}): {len(points)} configured points fed by "
+                "subscriptions (the publisher sets the rate)"
+            )
+    return lines
 
 
 def render_plan(cfg: GatewayConfig) -> str:
@@ -36,6 +64,7 @@ def render_plan(cfg: GatewayConfig) -> str:
                 lines.append(f"    not polled (no valid request): {key}")
         total_req += info["requests_per_s"]
         total_samples += info["samples_per_s"]
+    lines.extend(_other_devices(cfg))
     lines.append(
         f"total: {len(cfg.devices)} devices, {total_req:.2f} requests/s, "
         f"{total_samples:.2f} samples/s expected"

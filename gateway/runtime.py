@@ -23,14 +23,25 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Union
 
 from prometheus_client import CollectorRegistry
+
+if TYPE_CHECKING:
+    from connectors.mqtt.connector import MqttPoint
+    from connectors.opcua.connector import OpcUaPoint
 
 from connectors.base import ConnectError, Connector, LinkLost
 from connectors.modbus.plan import ModbusPoint
 from connectors.registry import create_connector
 from gateway.clock import monotonic, to_epoch_ns, to_rfc3339, utc_now
-from gateway.config import GatewayConfig
+from gateway.config import (
+    AnyPoint,
+    GatewayConfig,
+    ModbusPointConfig,
+    MqttPointConfig,
+    OpcUaPointConfig,
+)
 from gateway.metrics import build_registry
 from gateway.model import Reading
 from gateway.pipeline import Pipeline, PointTransform
@@ -80,8 +91,18 @@ class Counters:
     started_monotonic: float = field(default_factory=monotonic)
 
 
-def build_spec(cfg: GatewayConfig, sources: dict[str, str]) -> InventorySpec:
-    """The inventory's view of the config: what should exist."""
+def build_spec(
+    cfg: GatewayConfig, sources: dict[str, str], intervals: dict[str, float] | None = None
+) -> InventorySpec:
+    """The inventory's view of the config: what should exist.
+
+    Args:
+        cfg: The validated config.
+        sources: Point key -> source locator URI (from the connectors).
+        intervals: Point key -> expected interval [s] a connector knows better than the
+            config (an MQTT device mapping's `expected_interval`).
+    """
+    intervals = intervals or {}
     sites = tuple(SiteSpec(s.id, s.name) for s in cfg.sites)
     assets = tuple(AssetSpec(s.id, a.id, a.name, a.kind) for s in cfg.sites for a in s.assets)
     points = tuple(
@@ -90,10 +111,11 @@ def build_spec(cfg: GatewayConfig, sources: dict[str, str]) -> InventorySpec:
             asset=a.id,
             point=p.id,
             device=p.device,
-            expected_interval=cfg.poll_interval(p),
+            expected_interval=_interval(cfg, p, intervals.get(f"{s.id}/{a.id}/{p.id}")),
             unit=p.unit,
             source=sources.get(f"{s.id}/{a.id}/{p.id}", ""),
             name=p.name,
+            report_by_exception=cfg.report_by_exception(p),
         )
         for s, a, p in cfg.iter_points()
     )
@@ -101,11 +123,40 @@ def build_spec(cfg: GatewayConfig, sources: dict[str, str]) -> InventorySpec:
     return InventorySpec(sites, assets, points, devices, gap_after=cfg.inventory.gap_after)
 
 
-def device_points(cfg: GatewayConfig) -> dict[str, list[ModbusPoint]]:
-    """Points per device id, in config order, as the Modbus connector takes them."""
-    out: dict[str, list[ModbusPoint]] = {d.id: [] for d in cfg.devices}
+def _interval(cfg: GatewayConfig, point: AnyPoint, from_connector: float | None) -> float:
+    """A point's expected interval [s]: the config's, unless only the connector knows it."""
+    if (
+        from_connector is not None
+        and isinstance(point, MqttPointConfig)
+        and point.expected_interval is None
+        and (point.mqtt is None or point.mqtt.expected_interval is None)
+    ):
+        return from_connector
+    return cfg.expected_interval(point)
+
+
+ConnectorPoint = Union["ModbusPoint", "OpcUaPoint", "MqttPoint"]
+
+
+def device_points(cfg: GatewayConfig) -> dict[str, list[ConnectorPoint]]:
+    """Points per device id, in config order, as each protocol's connector takes them.
+
+    A protocol's connector module (and its library) is imported only when a device uses it.
+    """
+    out: dict[str, list[ConnectorPoint]] = {d.id: [] for d in cfg.devices}
+    protocols = {d.protocol for d in cfg.devices}
+    if "opcua" in protocols:
+        from connectors.opcua.connector import OpcUaPoint
+    if "mqtt" in protocols:
+        from connectors.mqtt.connector import MqttPoint
     for s, a, p in cfg.iter_points():
-        out[p.device].append(ModbusPoint(f"{s.id}/{a.id}/{p.id}", p, cfg.poll_interval(p)))
+        key = f"{s.id}/{a.id}/{p.id}"
+        if isinstance(p, ModbusPointConfig):
+            out[p.device].append(ModbusPoint(key, p, cfg.poll_interval(p)))
+        elif isinstance(p, OpcUaPointConfig):
+            out[p.device].append(OpcUaPoint(key, p, p.poll_interval))
+        else:
+            out[p.device].append(MqttPoint(key, p.mqtt, p.expected_interval))
     return out
 
 
@@ -133,9 +184,14 @@ class Runtime:
         self._on_event = on_event or (lambda _msg: None)
         self._points = device_points(cfg)
         sources: dict[str, str] = {}
+        known_intervals: dict[str, float] = {}
         for dev in cfg.devices:
-            sources.update(create_connector(dev, self._points[dev.id]).point_sources())
-        self.spec = build_spec(cfg, sources)
+            probe = create_connector(dev, self._points[dev.id])  # no I/O until `async with`
+            sources.update(probe.point_sources())
+            expected = getattr(probe, "expected_intervals", None)  # MQTT device mappings
+            if expected is not None:
+                known_intervals.update(expected())
+        self.spec = build_spec(cfg, sources, known_intervals)
         self.pipeline = Pipeline(
             {
                 f"{s.id}/{a.id}/{p.id}": PointTransform(
@@ -331,6 +387,17 @@ class Runtime:
         except KeyError:  # store closed or sinks not registered yet
             return []
 
+    def unmapped(self) -> list[dict[str, object]]:
+        """Sources that arrive but match no configured point (MQTT topics; OPC UA nodes found
+        by browsing), newest first, each with its device id added under ``device``."""
+        out: list[dict[str, object]] = []
+        for run in self.devices.values():
+            listing = getattr(run.connector, "unmapped", None)
+            if listing is not None:
+                out.extend({"device": run.device_id, **item} for item in listing())
+        out.sort(key=lambda item: str(item.get("last_seen", "")), reverse=True)
+        return out
+
     def metrics_registry(self) -> CollectorRegistry:
         """The Prometheus registry of this gateway."""
         return self.registry
@@ -455,7 +522,7 @@ class Runtime:
         run = self.devices[device_id]
         backoff = self.cfg.reconnect.initial
         # Stagger the first connects so devices do not poll in phase.
-        await asyncio.sleep(min(0.05 * index, dev.poll_interval / 2))
+        await asyncio.sleep(min(0.05 * index, getattr(dev, "poll_interval", 1.0) / 2))
         while not self._stopping.is_set():
             connector = create_connector(dev, self._points[device_id])
             run.connector = connector
@@ -466,7 +533,10 @@ class Runtime:
                     backoff = self.cfg.reconnect.initial
                     async for samples in connector.samples():
                         now = utc_now()
-                        self._submit(self.pipeline.convert(samples, now))
+                        if samples:
+                            self._submit(self.pipeline.convert(samples, now))
+                        else:  # a keep-alive: the subscription is alive, nothing changed
+                            self.inventory.device_alive(device_id, now)
             except (ConnectError, LinkLost) as exc:
                 self._link_down(run, exc)
             except asyncio.CancelledError:
