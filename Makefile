@@ -34,7 +34,14 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check $(PKGS) tests bench
 	$(VENV)/bin/mypy --strict $(PKGS)
 
-test: $(STAMP) deps-system lint
+NODE_OPCUA := tests/interop/node-opcua/node_modules/.installed
+
+$(NODE_OPCUA): tests/interop/node-opcua/package-lock.json
+	@command -v npm >/dev/null 2>&1 || { echo "ERROR: npm (Node.js >= 18) is needed for the OPC UA interop test"; exit 1; }
+	npm ci --prefix tests/interop/node-opcua --no-audit --no-fund --loglevel=error
+	touch $(NODE_OPCUA)
+
+test: $(STAMP) deps-system lint $(NODE_OPCUA)
 	$(VENV)/bin/pytest
 
 bench: $(STAMP)

@@ -388,8 +388,11 @@ class Runtime:
             return []
 
     def unmapped(self) -> list[dict[str, object]]:
-        """Sources that arrive but match no configured point (MQTT topics; OPC UA nodes found
-        by browsing), newest first, each with its device id added under ``device``."""
+        """Sources that arrive but match no configured point, newest first.
+
+        MQTT topics (and later OPC UA nodes found by browsing), each with its device id added
+        under ``device``. The list restarts when a device reconnects (a new connector).
+        """
         out: list[dict[str, object]] = []
         for run in self.devices.values():
             listing = getattr(run.connector, "unmapped", None)

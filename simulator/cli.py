@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser (also used by ``ot-gateway simulate``)."""
     parser = argparse.ArgumentParser(
         prog="python -m simulator",
-        description="Serve simulated Modbus TCP field devices from a YAML profile.",
+        description="Serve simulated Modbus TCP devices and OPC UA servers from a YAML profile.",
     )
     parser.add_argument("-c", "--config", required=True, help="profile YAML file")
     parser.add_argument("--truth", help="ground-truth JSON Lines file (overrides the profile)")

@@ -1,7 +1,9 @@
 """Simulator profile: pydantic models, YAML loading and key-path error messages.
 
-A profile declares Modbus TCP devices, the registers each one serves (type, byte order, scale
-and the signal that drives the value) and a fault schedule. Unknown keys are errors. Times are
+A profile declares devices: Modbus TCP devices (``protocol: modbus``, the default) with the
+registers each one serves (type, byte order, scale and the signal that drives the value), and
+OPC UA servers (``protocol: opcua``) with their variables (type, unit, range, signal), security
+and operation limits. Each device has a fault schedule. Unknown keys are errors. Times are
 seconds; fault times count from the moment every device listens (the ready file is written).
 """
 
@@ -12,7 +14,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    model_validator,
+)
 
 Table = Literal["coil", "discrete", "holding", "input"]
 DataType = Literal[
@@ -263,10 +273,48 @@ class FrozenFault(_FaultBase):
     kind: Literal["frozen"]
 
 
-Fault = Annotated[
+class StatusFault(_FaultBase):
+    """OPC UA only: variables report StatusCode ``status`` (name or number) while active.
+
+    ``variables`` lists browse names (``name`` keys) to affect; none = every variable. With
+    ``null_value`` the DataValue carries no value (a status-only notification).
+    """
+
+    kind: Literal["status"]
+    status: str | int
+    variables: list[str] | None = None
+    null_value: bool = False
+
+    @model_validator(mode="after")
+    def _check_status(self) -> StatusFault:
+        if isinstance(self.status, int) and not 0 <= self.status <= 0xFFFFFFFF:
+            raise ValueError("status: must be a StatusCode name or 0..0xFFFFFFFF")
+        return self
+
+
+class ClockSkewFault(_FaultBase):
+    """OPC UA only: SourceTimestamps are shifted by ``offset`` seconds while active.
+
+    ``source_time: min`` sends MinDateTime (1601-01-01) and ``null`` no SourceTimestamp
+    instead; ``variables`` as for ``status``.
+    """
+
+    kind: Literal["clock_skew"]
+    offset: float = 0.0
+    source_time: Literal["shifted", "min", "null"] = "shifted"
+    variables: list[str] | None = None
+
+
+ModbusFault = Annotated[
     OfflineFault | ExceptionFault | LatencyFault | FrozenFault,
     Field(discriminator="kind"),
 ]
+OpcUaFault = Annotated[
+    OfflineFault | FrozenFault | StatusFault | ClockSkewFault,
+    Field(discriminator="kind"),
+]
+Fault = OfflineFault | ExceptionFault | LatencyFault | FrozenFault | StatusFault | ClockSkewFault
+"""Any fault of any device kind."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -280,11 +328,12 @@ class DeviceConfig(_Strict):
     """
 
     id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    protocol: Literal["modbus"] = "modbus"
     host: str = "127.0.0.1"
     port: int = Field(0, ge=0, le=65535)
     unit_ids: list[int] = Field(default_factory=lambda: [1], min_length=1)
     registers: list[RegisterConfig] = Field(default_factory=list)
-    faults: list[Fault] = Field(default_factory=list)
+    faults: list[ModbusFault] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _check(self) -> DeviceConfig:
@@ -315,6 +364,192 @@ def _check_overlaps(registers: list[RegisterConfig]) -> None:
             taken[key] = (idx, reg.bit)
 
 
+# ---------------------------------------------------------------------------------------------
+# OPC UA servers.
+
+OpcUaType = Literal[
+    "Boolean",
+    "SByte",
+    "Byte",
+    "Int16",
+    "UInt16",
+    "Int32",
+    "UInt32",
+    "Int64",
+    "UInt64",
+    "Float",
+    "Double",
+    "String",
+]
+OpcUaPolicy = Literal[
+    "None",
+    "Basic256Sha256_Sign",
+    "Basic256Sha256_SignAndEncrypt",
+    "Aes128_Sha256_RsaOaep_Sign",
+    "Aes128_Sha256_RsaOaep_SignAndEncrypt",
+    "Aes256_Sha256_RsaPss_Sign",
+    "Aes256_Sha256_RsaPss_SignAndEncrypt",
+    "Basic128Rsa15_Sign",
+    "Basic128Rsa15_SignAndEncrypt",
+    "Basic256_Sign",
+    "Basic256_SignAndEncrypt",
+]
+
+_NONE_POLICY: OpcUaPolicy = "None"
+
+
+class VariableConfig(_Strict):
+    """One OPC UA variable of a simulated server.
+
+    Attributes:
+        name: Browse name path below the device object: ``Boiler1/SupplyTemp`` makes an object
+            ``Boiler1`` holding variable ``SupplyTemp`` (browse names in the device namespace).
+        node_id: ``s=<string>`` or ``i=<number>`` in the device namespace; default
+            ``s=<name with / replaced by .>``.
+        type: OPC UA built-in DataType of the value.
+        array: Serve an array of this many copies of the value (ValueRank 1) instead.
+        unit: Engineering unit (UCUM code) for the EngineeringUnits property.
+        eu_range: [low, high] for the EURange property (percent deadbands need it).
+        scale: served value = signal value × scale (integers rounded).
+        writable: Clients may write the value (it then overrides the signal).
+        signal: The value source.
+    """
+
+    name: str = Field(min_length=1, pattern=r"^[^/]+(/[^/]+)*$")
+    node_id: str | None = Field(None, pattern=r"^(s=.+|i=[0-9]+)$")
+    type: OpcUaType = "Double"
+    array: int | None = Field(None, ge=1, le=1000)
+    unit: str | None = None
+    eu_range: tuple[float, float] | None = None
+    scale: float | None = None
+    writable: bool = False
+    signal: Signal
+
+    @model_validator(mode="after")
+    def _check(self) -> VariableConfig:
+        text = _is_text_signal(self.signal)
+        if text and self.type != "String":
+            raise ValueError(f"signal: text values need type String (got {self.type!r})")
+        if self.scale is not None and (
+            self.type in {"Boolean", "String"} or self.scale == 0 or not math.isfinite(self.scale)
+        ):
+            raise ValueError("scale: must be a finite non-zero number, for numeric types only")
+        if self.eu_range is not None and not self.eu_range[0] < self.eu_range[1]:
+            raise ValueError("eu_range: must be [low, high] with low < high")
+        return self
+
+    @property
+    def identifier(self) -> str:
+        """The node id without namespace: ``s=...`` or ``i=...``."""
+        return self.node_id or "s=" + self.name.replace("/", ".")
+
+
+class OperationLimitsConfig(_Strict):
+    """ServerCapabilities/OperationLimits the server announces and enforces (0 = no limit).
+
+    A call with more operations than its limit is refused with ``BadTooManyOperations``.
+    """
+
+    max_nodes_per_read: int = Field(0, ge=0)
+    max_monitored_items_per_call: int = Field(0, ge=0)
+    max_nodes_per_browse: int = Field(0, ge=0)
+    max_nodes_per_translate: int = Field(0, ge=0)
+
+
+class OpcUaSecurityConfig(_Strict):
+    """Endpoints (security policy and mode) the server offers, and its certificate.
+
+    Without ``certificate``/``private_key``, a secure policy makes the simulator generate a
+    self-signed pair in its working directory (listed in the ready file).
+    """
+
+    policies: list[OpcUaPolicy] = Field(default_factory=lambda: [_NONE_POLICY], min_length=1)
+    certificate: str | None = None
+    private_key: str | None = None
+    application_uri: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> OpcUaSecurityConfig:
+        if (self.certificate is None) != (self.private_key is None):
+            raise ValueError("certificate: give certificate and private_key together")
+        return self
+
+
+class OpcUaServerConfig(_Strict):
+    """One simulated OPC UA server: ``opc.tcp://host:port<path>``.
+
+    Attributes:
+        id: Device id (also the name of the object holding the variables).
+        protocol: Always ``opcua``.
+        host: Listen address.
+        port: TCP port; 0 picks a free one (kept across restarts).
+        path: Endpoint path.
+        namespace: Namespace URI of the variables (index 2 on an asyncua server).
+        update_interval: How often values are recomputed [s]; a change is written with the
+            computation time as SourceTimestamp.
+        session_timeout: Longest session timeout the server grants [s].
+        allow_anonymous: Accept anonymous sessions.
+        users: User name → password accepted for UserName sessions.
+        security: Offered endpoints and certificate.
+        limits: Operation limits announced and enforced.
+        variables: The variables.
+        faults: ``offline`` (server down: stopped, restarted as a new server on the same
+            endpoint), ``frozen``, ``status``, ``clock_skew``.
+    """
+
+    id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    protocol: Literal["opcua"]
+    host: str = "127.0.0.1"
+    port: int = Field(0, ge=0, le=65535)
+    path: str = Field("/ot-gateway/sim", pattern=r"^(/[A-Za-z0-9_.~-]+)*$")
+    namespace: str | None = None
+    update_interval: float = Field(0.1, ge=0.01, le=60)
+    session_timeout: float = Field(600.0, ge=5, le=3600)
+    allow_anonymous: bool = True
+    users: dict[str, str] = Field(default_factory=dict)
+    security: OpcUaSecurityConfig = Field(default_factory=OpcUaSecurityConfig)
+    limits: OperationLimitsConfig = Field(default_factory=OperationLimitsConfig)
+    variables: list[VariableConfig] = Field(default_factory=list)
+    faults: list[OpcUaFault] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _check(self) -> OpcUaServerConfig:
+        names = [v.name for v in self.variables]
+        if len(set(names)) != len(names):
+            raise ValueError("variables: duplicate variable names")
+        ids = [v.identifier for v in self.variables]
+        if len(set(ids)) != len(ids):
+            raise ValueError("variables: duplicate node ids")
+        for i, fault in enumerate(self.faults):
+            if isinstance(fault, OfflineFault) and fault.mode != "close":
+                raise ValueError(f"faults: faults[{i}]: an OPC UA server supports mode close only")
+            if isinstance(fault, StatusFault | ClockSkewFault):
+                unknown = sorted(set(fault.variables or []) - set(names))
+                if unknown:
+                    raise ValueError(f"faults: faults[{i}]: unknown variables {unknown}")
+        if not (self.allow_anonymous or self.users):
+            raise ValueError("users: needed when allow_anonymous is false")
+        return self
+
+    @property
+    def namespace_uri(self) -> str:
+        """The namespace URI of the variables."""
+        return self.namespace or f"urn:ot-gateway:simulator:{self.id}:plant"
+
+
+def _device_protocol(value: Any) -> str:  # noqa: ANN401 - raw YAML or a model
+    if isinstance(value, dict):
+        return str(value.get("protocol", "modbus"))
+    return str(getattr(value, "protocol", "modbus"))
+
+
+AnyDevice = Annotated[
+    Annotated[DeviceConfig, Tag("modbus")] | Annotated[OpcUaServerConfig, Tag("opcua")],
+    Discriminator(_device_protocol),
+]
+"""A device of either protocol; ``protocol`` (default ``modbus``) selects the model."""
+
+
 class Profile(_Strict):
     """A simulator profile (the YAML file).
 
@@ -328,7 +563,7 @@ class Profile(_Strict):
     seed: int = 0
     truth: str | None = None
     stats: str | None = None
-    devices: list[DeviceConfig] = Field(min_length=1)
+    devices: list[AnyDevice] = Field(min_length=1)
 
     @model_validator(mode="after")
     def _check(self) -> Profile:
@@ -351,19 +586,23 @@ class ProfileError(Exception):
 
 _TAGS = frozenset(
     {"constant", "ramp", "sine", "step", "counter", "random_walk"}
-    | {"offline", "exception", "latency", "frozen"}
+    | {"offline", "exception", "latency", "frozen", "status", "clock_skew"}
+    | {"modbus", "opcua"}
 )
 
 
 def _format_loc(loc: tuple[int | str, ...]) -> str:
     out = ""
+    after_tag = False
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in _TAGS or part.startswith("function-"):
-            continue  # union tag inserted by pydantic, not a key of the file
+            after_tag = False
+        elif not after_tag and (part in _TAGS or part.startswith("function-")):
+            after_tag = True  # union tag inserted by pydantic, not a key of the file
         else:
             out += ("." if out else "") + part
+            after_tag = False
     return out or "(top level)"
 
 
@@ -383,7 +622,10 @@ def format_validation_error(err: ValidationError) -> str:
         head, sep, rest = msg.partition(": ")
         if sep and head.isidentifier() and head.islower():
             path, msg = (f"{path}.{head}" if path != "(top level)" else head), rest
-        if e["type"] == "extra_forbidden":
+        if e["type"] == "union_tag_invalid" and "_device_protocol" in msg:
+            tag = (e.get("ctx") or {}).get("tag")
+            path, msg = f"{path}.protocol", f"must be modbus or opcua (got {tag!r})"
+        elif e["type"] == "extra_forbidden":
             msg = "unknown key"
         elif e["type"] == "missing":
             msg = "required key is missing"

@@ -1,4 +1,8 @@
-"""Run a whole profile: start every device, play the fault schedule, write truth/stats/ready."""
+"""Run a whole profile: start every device, play the fault schedule, write truth/stats/ready.
+
+Modbus devices are pymodbus servers (`simulator.modbus_server`), OPC UA devices asyncua servers
+(`simulator.opcua_server`, imported only when a profile has one).
+"""
 
 from __future__ import annotations
 
@@ -8,10 +12,10 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from simulator.config import Fault, Profile
-from simulator.faults import FaultKey, Transition, run_schedule
+from simulator.config import DeviceConfig, Fault, OpcUaServerConfig, Profile
+from simulator.faults import ActiveFault, ActiveFaults, FaultKey, Transition, run_schedule
 from simulator.modbus_server import ModbusDevice, suppress_pymodbus_logs
 from simulator.truth import TruthWriter, atomic_write_json, fault_record, rfc3339, utc_now
 
@@ -19,6 +23,54 @@ log = logging.getLogger("simulator")
 
 #: Seconds between two rewrites of the stats file.
 STATS_INTERVAL = 0.5
+
+
+class Device(Protocol):
+    """What the runner needs from a simulated device of any protocol."""
+
+    id: str
+    host: str
+    port: int
+    faults: ActiveFaults
+
+    async def start(self) -> None:
+        """Open the listener. Raises OSError."""
+        ...
+
+    async def stop(self) -> None:
+        """Close everything for good."""
+        ...
+
+    async def begin_fault(self, index: int, fault: Fault) -> None:
+        """Apply a fault."""
+        ...
+
+    async def end_fault(self, index: int) -> ActiveFault | None:
+        """Remove a fault; return the ended occurrence."""
+        ...
+
+    def stats_snapshot(self) -> dict[str, Any]:
+        """Counters for the stats file."""
+        ...
+
+
+def make_device(cfg: DeviceConfig | OpcUaServerConfig, seed: int, workdir: Path) -> Device:
+    """The simulated device of a profile entry.
+
+    Args:
+        cfg: The device's profile entry.
+        seed: The profile seed.
+        workdir: Directory for generated files (an OPC UA server's certificate).
+
+    Returns:
+        A not yet started device.
+    """
+    if isinstance(cfg, OpcUaServerConfig):
+        from simulator.opcua_server import OpcUaDevice, suppress_asyncua_logs
+
+        suppress_asyncua_logs()
+        return OpcUaDevice(cfg, seed, workdir)
+    return ModbusDevice(cfg, seed)
 
 
 class SimulatorError(Exception):
@@ -33,8 +85,9 @@ class Simulator:
         truth_path: ground-truth JSON Lines file (None: off).
         stats_path: stats JSON file (None: off).
         ready_path: ready JSON file, written once every device listens (None: off):
-            ``{"pid", "started", "devices": {id: {"host", "port"}}}``; ``started`` (RFC 3339
-            UTC) is t = 0 of the fault schedule.
+            ``{"pid", "started", "devices": {id: {"host", "port"}}}`` (OPC UA devices add
+            ``protocol``, ``endpoint``, ``namespace``, ``namespace_index``, ``certificate``);
+            ``started`` (RFC 3339 UTC) is t = 0 of the fault schedule.
     """
 
     def __init__(
@@ -45,7 +98,8 @@ class Simulator:
         ready_path: str | Path | None = None,
     ) -> None:
         self.profile = profile
-        self.devices = [ModbusDevice(cfg, profile.seed) for cfg in profile.devices]
+        workdir = Path(ready_path).parent if ready_path is not None else Path.cwd()
+        self.devices = [make_device(cfg, profile.seed, workdir) for cfg in profile.devices]
         self._truth = TruthWriter(truth_path)
         self._stats_path = Path(stats_path) if stats_path is not None else None
         self._ready_path = Path(ready_path) if ready_path is not None else None
@@ -59,8 +113,16 @@ class Simulator:
         self.started = utc_now()
 
     def ports(self) -> dict[str, dict[str, Any]]:
-        """Device id → ``{"host": ..., "port": ...}`` (actual ports once started)."""
-        return {d.id: {"host": d.host, "port": d.port} for d in self.devices}
+        """Device id → ``{"host": ..., "port": ...}`` (actual ports once started).
+
+        OPC UA devices also give ``protocol``, ``endpoint``, ``namespace``, ``namespace_index``
+        and ``certificate`` (the server certificate file, or None).
+        """
+        out: dict[str, dict[str, Any]] = {}
+        for d in self.devices:
+            info = getattr(d, "ready_info", None)
+            out[d.id] = info() if callable(info) else {"host": d.host, "port": d.port}
+        return out
 
     def stats(self) -> dict[str, Any]:
         """The stats file content: ``{"devices": {id: counters}}``."""

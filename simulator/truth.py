@@ -9,7 +9,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from simulator.config import ExceptionFault, Fault, LatencyFault, OfflineFault
+from simulator.config import (
+    ClockSkewFault,
+    ExceptionFault,
+    Fault,
+    LatencyFault,
+    OfflineFault,
+    StatusFault,
+)
 
 
 def utc_now() -> datetime:
@@ -39,10 +46,12 @@ def fault_record(device: str, fault: Fault, start: datetime, end: datetime) -> d
         end: wall-clock instant it was removed, or the shutdown time (aware UTC).
 
     Returns:
-        The JSON object: device, kind, start, end, mode, code, table, from, to, delay.
+        The JSON object: device, kind, start, end, mode, code, table, from, to, delay; for
+        OPC UA ``status`` and ``clock_skew`` faults also status, offset, source_time and
+        variables (None = every variable).
     """
     exc = fault if isinstance(fault, ExceptionFault) else None
-    return {
+    record: dict[str, Any] = {
         "device": device,
         "kind": fault.kind,
         "start": rfc3339(start),
@@ -54,6 +63,13 @@ def fault_record(device: str, fault: Fault, start: datetime, end: datetime) -> d
         "to": exc.to if exc else None,
         "delay": fault.delay if isinstance(fault, LatencyFault) else None,
     }
+    if isinstance(fault, StatusFault):
+        record.update(status=fault.status, variables=fault.variables, null_value=fault.null_value)
+    elif isinstance(fault, ClockSkewFault):
+        record.update(
+            offset=fault.offset, source_time=fault.source_time, variables=fault.variables
+        )
+    return record
 
 
 class TruthWriter:

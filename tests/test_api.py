@@ -10,7 +10,7 @@ import json
 import math
 import socket
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -26,6 +26,7 @@ from gateway.api.schemas import finite, jsonable
 from gateway.api.server import ApiServer, ApiServerError
 from gateway.model import Reading
 from gateway.quality import Q, is_usable
+from gateway.store import Store
 from inventory.inventory import Inventory
 from inventory.spec import AssetSpec, DeviceSpec, InventorySpec, PointSpec, SiteSpec
 from inventory.views import State
@@ -84,9 +85,18 @@ class Ctx:
     ready: bool = True
     registry: CollectorRegistry | None = None
     fail_readiness: bool = False
+    store: Store | None = None
+    listeners: list[Callable[[Sequence[Reading]], None]] = field(default_factory=list)
 
     def now(self) -> datetime:
         return self.clock
+
+    def add_listener(self, callback: Callable[[Sequence[Reading]], None]) -> None:
+        self.listeners.append(callback)
+
+    def remove_listener(self, callback: Callable[[Sequence[Reading]], None]) -> None:
+        if callback in self.listeners:
+            self.listeners.remove(callback)
 
     async def usable_counts(self, since: datetime) -> dict[str, int]:
         return dict(
@@ -106,8 +116,11 @@ class Ctx:
         return self.registry
 
     def feed(self, readings: list[Reading]) -> None:
+        """What the runtime's writer does after a commit: inventory, then listeners."""
         self.readings.extend(readings)
         self.inventory.observe(readings)
+        for listener in list(self.listeners):
+            listener(readings)
 
 
 def build_ctx() -> Ctx:
@@ -580,13 +593,26 @@ async def test_openapi_and_docs(client: httpx.AsyncClient) -> None:
         "/api/v1/devices",
         "/api/v1/gaps",
         "/api/v1/coverage",
+        "/api/v1/readings",
+        "/api/v1/stream",
+        "/api/v1/sinks",
+        "/api/v1/unmapped",
         "/healthz",
         "/readyz",
         "/metrics",
     ):
         assert path in paths, path
     op_ids = {op["operationId"] for item in paths.values() for op in item.values()}
-    assert {"list_sites", "get_site", "list_assets", "get_asset", "list_gaps"} <= op_ids
+    assert {
+        "list_sites",
+        "get_site",
+        "list_assets",
+        "get_asset",
+        "list_gaps",
+        "query_readings",
+        "stream",
+        "list_sinks",
+    } <= op_ids
     assert "/" not in paths
     gap = spec["components"]["schemas"]["GapOut"]["properties"]
     assert "[s]" in gap["duration_s"]["description"]
@@ -625,10 +651,83 @@ async def test_home_page(client: httpx.AsyncClient) -> None:
     text = r.text
     assert "<title>ot-gateway</title>" in text
     assert 'href="docs"' in text
-    assert 'fetch("api/v1/sites"' in text
-    assert "<script src" not in text
+    assert f"v{__version__}" in text
+    assert '<script src="static/app.js" defer></script>' in text
+    assert "<script>" not in text  # no inline script
+    assert "<style" not in text
+    assert "style=" not in text
     assert "https://" not in text
-    assert "script-src 'sha256-" in r.headers["content-security-policy"]
+    assert "http://" not in text
+    csp = r.headers["content-security-policy"]
+    assert "script-src 'self'" in csp
+    assert "style-src 'self'" in csp
+    assert "unsafe-inline" not in csp
+    assert "default-src 'none'" in csp
+    assert r.headers["x-content-type-options"] == "nosniff"
+
+
+@pytest.mark.parametrize(
+    ("name", "media_type", "needle"),
+    [
+        ("app.js", "text/javascript", 'api("api/v1/sites")'),
+        ("style.css", "text/css", "@media (max-width: 820px)"),
+        ("favicon.svg", "image/svg+xml", "<svg"),
+    ],
+)
+async def test_static_files(
+    client: httpx.AsyncClient, name: str, media_type: str, needle: str
+) -> None:
+    r = await client.get(f"/static/{name}")
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith(media_type)
+    assert needle in r.text
+    assert "https://" not in r.text.replace("http://www.w3.org/2000/svg", "")
+    assert r.headers["x-content-type-options"] == "nosniff"
+    etag = r.headers["etag"]
+    again = await client.get(f"/static/{name}", headers={"if-none-match": etag})
+    assert again.status_code == 304
+    assert again.content == b""
+
+
+@pytest.mark.parametrize(
+    "name", ["nosuch.js", "..%2Fapp.py", "%2e%2e%2f%2e%2e%2fpyproject.toml", "index.html", "app.js%00"]
+)
+async def test_static_unknown_or_traversal_404(client: httpx.AsyncClient, name: str) -> None:
+    r = await client.get(f"/static/{name}")
+    assert r.status_code == 404
+    assert "detail" in strict_json(r.text)
+
+
+async def test_sinks_empty_without_sink_status(client: httpx.AsyncClient) -> None:
+    assert await get_json(client, "/api/v1/sinks") == []
+
+
+async def test_unmapped_sources(ctx: Ctx, client: httpx.AsyncClient) -> None:
+    assert await get_json(client, "/api/v1/unmapped") == []
+
+    def unmapped() -> list[dict[str, object]]:
+        return [{"device": "broker", "topic": "plant/x/y", "messages": 3, "last_seen": T0}]
+
+    ctx.unmapped = unmapped  # type: ignore[attr-defined]
+    assert await get_json(client, "/api/v1/unmapped") == [
+        {"device": "broker", "topic": "plant/x/y", "messages": 3,
+         "last_seen": "2026-01-01T00:00:00.000000Z"}
+    ]
+
+
+async def test_sinks_from_runtime(ctx: Ctx) -> None:
+    def sink_status() -> list[dict[str, object]]:
+        return [{"name": "influx", "backlog": 3, "last_ok": T0, "lag_s": math.inf}]
+
+    ctx.sink_status = sink_status  # type: ignore[attr-defined]
+    app = create_app(ctx, allowed_hosts=(HOST,))
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url=f"http://{HOST}"
+    ) as c:
+        body = await get_json(c, "/api/v1/sinks")
+    assert body == [
+        {"name": "influx", "backlog": 3, "last_ok": "2026-01-01T00:00:00.000000Z", "lag_s": None}
+    ]
 
 
 async def test_method_not_allowed_is_json(client: httpx.AsyncClient) -> None:
@@ -696,3 +795,50 @@ def test_create_app_has_no_module_level_app() -> None:
     import gateway.api.app as mod
 
     assert not any(type(v).__name__ == "FastAPI" for v in vars(mod).values())
+
+
+# -- view cache -------------------------------------------------------------------------------
+
+
+def test_view_cache_reuses_only_expensive_views_for_a_bounded_time() -> None:
+    from gateway.api.cache import ViewCache
+
+    clock = [0.0]
+    cache = ViewCache(min_cost=0.01, factor=10, max_age=5, clock=lambda: clock[0])
+    builds: list[int] = []
+
+    def build(cost: float) -> Any:
+        def run() -> list[int]:
+            clock[0] += cost  # the build takes `cost` seconds
+            builds.append(1)
+            return [len(builds)]
+
+        return run
+
+    cheap = cache.get("cheap", build(0.001))
+    assert cache.get("cheap", build(0.001)) is not cheap  # cheap: always rebuilt
+    first = cache.get("big", build(0.2))  # expensive: reused for 10 x 0.2 s = 2 s
+    clock[0] += 1.9
+    assert cache.get("big", build(0.2)) is first
+    body = cache.derive("big?x", first, lambda: b"[1]")
+    assert cache.derive("big?x", first, lambda: b"other") is body  # same view: same bytes
+    clock[0] += 0.2
+    second = cache.get("big", build(0.2))
+    assert second is not first
+    assert cache.derive("big?x", second, lambda: b"[2]") == b"[2]"
+    huge = cache.get("huge", build(3.0))  # capped at max_age = 5 s, not 30 s
+    clock[0] += 5.1
+    assert cache.get("huge", build(3.0)) is not huge
+
+
+async def test_list_endpoints_are_fresh_for_a_small_inventory(
+    client: httpx.AsyncClient, ctx: Ctx
+) -> None:
+    """A cheap view is never served from the cache: a change shows on the next request."""
+    before = await get_json(client, "/api/v1/assets?site=plant2")
+    assert before[0]["state"] == "unknown"
+    ctx.inventory.link_up("plc2", ctx.clock)
+    ctx.feed([reading("level", 60, 1.0)])
+    after = await get_json(client, "/api/v1/assets?site=plant2")
+    assert after[0]["state"] != "unknown"
+    assert (await get_json(client, "/api/v1/sites"))[1]["last_seen"] is not None

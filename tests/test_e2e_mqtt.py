@@ -99,7 +99,7 @@ def test_mqtt_readings_gaps_and_unmapped_through_the_gateway(tmp_path: Path) -> 
             wait_for(lambda: not gw.get("/api/v1/gaps", point="flow", open="true"),
                      timeout=20, what="stale gap closed by new data")
 
-            import httpx  # noqa: PLC0415
+            import httpx
 
             metrics = httpx.get(gw.url + "/metrics", timeout=10).text
             assert 'otgw_protocol_errors_total{device="broker",kind=' in metrics

@@ -590,7 +590,7 @@ async def test_point_sources_and_registry() -> None:
         "s/a/ir": "modbus://127.0.0.1:1502/1/ir/0",
         "s/a/di": "modbus://127.0.0.1:1502/1/di/1",
     }
-    assert protocols() == ["modbus"]
+    assert protocols() == ["modbus", "mqtt", "opcua"]
 
 
 async def test_reentry_after_link_lost_keeps_polling() -> None:

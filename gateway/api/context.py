@@ -2,6 +2,10 @@
 
 The runtime implements it; tests implement it with a small dataclass. The API never reaches
 into the runtime, the store or the connectors by any other way.
+
+Optional members (looked up with ``getattr``, so older contexts keep working):
+``sink_status() -> list[dict[str, object]]`` — state of the forwarding sinks (``/api/v1/sinks``);
+``unmapped() -> list[dict[str, object]]`` — sources matching no point (``/api/v1/unmapped``).
 """
 
 from __future__ import annotations
@@ -9,10 +13,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
     from datetime import datetime
 
     from prometheus_client import CollectorRegistry
 
+    from gateway.model import Reading
+    from gateway.store import Store
     from inventory.inventory import Inventory
 
 
@@ -31,8 +38,21 @@ class ApiContext(Protocol):
     def monitored_since(self) -> datetime:
         """Aware UTC time from which the gateway has been monitoring (coverage lower bound)."""
 
+    @property
+    def store(self) -> Store | None:
+        """The local store (readings history for ``/api/v1/readings``), or None while closed."""
+
     def now(self) -> datetime:
         """Current aware UTC time."""
+
+    def add_listener(self, callback: Callable[[Sequence[Reading]], None]) -> None:
+        """Call ``callback(readings)`` on the event loop after every commit (live stream).
+
+        The callback never blocks and never raises.
+        """
+
+    def remove_listener(self, callback: Callable[[Sequence[Reading]], None]) -> None:
+        """Stop calling `callback`; unknown callbacks are ignored."""
 
     async def usable_counts(self, since: datetime) -> dict[str, int]:
         """Good/Uncertain readings per point key ``site/asset/point`` since `since` [count].

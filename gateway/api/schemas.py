@@ -349,3 +349,57 @@ class ReadyOut(_Out):
     ready: bool = Field(description="True when ready (HTTP 200), false otherwise (HTTP 503)")
     status: Literal["ready", "not_ready"] = Field(description="`ready` or `not_ready`")
     details: dict[str, Any] = Field(description="Store state, devices up/total, alarms")
+
+
+class ReadingRowOut(_Out):
+    """One raw reading (``/api/v1/readings`` without ``every``); the CSV/Parquet columns too."""
+
+    time: Timestamp = Field(description="Source time (RFC 3339 UTC; ns in Parquet)")
+    site: str = Field(description="Site id")
+    asset: str = Field(description="Asset id")
+    point: str = Field(description="Point id")
+    value: float | None = Field(
+        description="Numeric value in engineering units [`unit`]; null for booleans, strings "
+        "and Bad readings"
+    )
+    state: bool | None = Field(description="Boolean value; null for other types")
+    text: str | None = Field(
+        description="String value; also the exact decimal of an integer beyond ±2^53"
+    )
+    unit: str | None = Field(description="UCUM-style unit code, e.g. `Cel`")
+    quality: int = Field(description="OPC UA StatusCode (uint32)")
+    quality_name: str = Field(description="Name of the StatusCode, e.g. `Good`, `BadTimeout`")
+    severity: Severity = Field(description="Severity of the StatusCode (bits 30-31)")
+    gateway_time: Timestamp = Field(description="When the gateway acquired it (RFC 3339 UTC)")
+    source: str = Field(description="Locator URI, e.g. `modbus://127.0.0.1:502/1/hr/0`")
+
+
+class BucketRowOut(_Out):
+    """One time bucket of one point (``/api/v1/readings`` with ``every`` and ``agg``)."""
+
+    time: Timestamp = Field(description="Bucket start, aligned to the Unix epoch (RFC 3339 UTC)")
+    site: str = Field(description="Site id")
+    asset: str = Field(description="Asset id")
+    point: str = Field(description="Point id")
+    unit: str | None = Field(description="UCUM-style unit code of `value`")
+    value: float | None = Field(
+        description="The aggregate over the bucket [`unit`; count for `agg=count`]; booleans "
+        "count as 0/1; null when no reading in the bucket is numeric"
+    )
+    count: int = Field(description="Readings in the bucket that passed the quality filter")
+
+
+class StreamEventOut(_Out):
+    """The data of one ``reading`` event of ``/api/v1/stream`` (a normalized reading)."""
+
+    site: str = Field(description="Site id")
+    asset: str = Field(description="Asset id")
+    point: str = Field(description="Point id")
+    value: PointValue = Field(description="Value in engineering units [`unit`]; null when Bad")
+    unit: str | None = Field(description="UCUM-style unit code")
+    quality: int = Field(description="OPC UA StatusCode (uint32)")
+    quality_name: str = Field(description="Name of the StatusCode")
+    severity: Severity = Field(description="Severity of the StatusCode")
+    source_time: Timestamp = Field(description="Device time, or acquisition time (RFC 3339 UTC)")
+    gateway_time: Timestamp = Field(description="When the gateway acquired it (RFC 3339 UTC)")
+    source: str = Field(description="Locator URI")

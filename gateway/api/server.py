@@ -130,6 +130,10 @@ class ApiServer:
         server, task = self._server, self._task
         if server is None or task is None:
             return
+        # End live streams first: uvicorn waits for open responses before it exits.
+        hub = getattr(getattr(self._config.app, "state", None), "stream_hub", None)
+        if hub is not None:
+            hub.close()
         server.should_exit = True
         done, _ = await asyncio.wait({task}, timeout=grace)
         if not done:

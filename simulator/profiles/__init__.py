@@ -1,4 +1,7 @@
-"""Packaged simulator profiles (``demo.yaml``: the demo plant, see ``README.md`` here)."""
+"""Packaged simulator profiles (see ``README.md`` here).
+
+``demo.yaml``: the Modbus demo plant; ``opcua.yaml``: two OPC UA servers.
+"""
 
 from __future__ import annotations
 
@@ -20,3 +23,17 @@ def load_demo_profile() -> Profile:
         The profile (4 devices on 127.0.0.1, port 0).
     """
     return load_profile(demo_profile_path())
+
+
+def opcua_profile_path() -> Path:
+    """Path of the packaged OPC UA profile (``simulator/profiles/opcua.yaml``)."""
+    return Path(str(files("simulator.profiles").joinpath("opcua.yaml")))
+
+
+def load_opcua_profile() -> Profile:
+    """The OPC UA profile, validated.
+
+    Returns:
+        The profile (2 OPC UA servers on 127.0.0.1, port 0).
+    """
+    return load_profile(opcua_profile_path())

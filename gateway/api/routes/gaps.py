@@ -2,41 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query
 from fastapi.exceptions import RequestValidationError
 from pydantic import AwareDatetime
 
-from gateway.api.deps import SLUG, CtxDep
+from gateway.api.deps import SLUG, TIME_DOC, CtxDep, utc_query_time
 from gateway.api.schemas import GapOut
 
 router = APIRouter(prefix="/gaps", tags=["gaps"])
-
-_TIME_DOC = (
-    "RFC 3339 time with an offset, e.g. `2026-01-02T03:04:05Z`; a time without an offset is "
-    "rejected with 422"
-)
-
-
-def _utc(name: str, value: datetime | None) -> datetime | None:
-    """Normalise an aware query time to UTC; out-of-range values are a 422."""
-    if value is None:
-        return None
-    try:
-        return value.astimezone(UTC)
-    except OverflowError:
-        raise RequestValidationError(
-            [
-                {
-                    "type": "datetime_range",
-                    "loc": ("query", name),
-                    "msg": "Datetime out of range in UTC",
-                    "input": value.isoformat(),
-                }
-            ]
-        ) from None
 
 
 @router.get("", summary="List data gaps")
@@ -47,11 +22,11 @@ async def list_gaps(
     point: Annotated[str | None, Query(pattern=SLUG, description="Point id")] = None,
     since: Annotated[
         AwareDatetime | None,
-        Query(description=f"Only gaps still open at or ending after this time; {_TIME_DOC}"),
+        Query(description=f"Only gaps still open at or ending after this time; {TIME_DOC}"),
     ] = None,
     until: Annotated[
         AwareDatetime | None,
-        Query(description=f"Only gaps starting before this time; {_TIME_DOC}"),
+        Query(description=f"Only gaps starting before this time; {TIME_DOC}"),
     ] = None,
     open: Annotated[
         bool | None, Query(description="true: only open gaps; false: only closed gaps")
@@ -61,7 +36,7 @@ async def list_gaps(
 
     The time filters select gaps overlapping [since, until) as the inventory defines it.
     """
-    lo, hi = _utc("since", since), _utc("until", until)
+    lo, hi = utc_query_time("since", since), utc_query_time("until", until)
     if lo is not None and hi is not None and lo > hi:
         raise RequestValidationError(
             [

@@ -1,109 +1,88 @@
-"""A small placeholder page at ``/``: links and a live table of sites (no external assets)."""
+"""The operator page at ``/`` and its static files at ``/static/<name>``.
+
+Everything the page needs is in the package (``gateway/api/static``), read once at import: no
+CDN, no build step. The Content-Security-Policy allows scripts, styles and images from the
+gateway itself only (no inline code), and API calls to the gateway only.
+"""
 
 from __future__ import annotations
 
-import base64
 import hashlib
+from dataclasses import dataclass
+from importlib import resources
 
 from fastapi import APIRouter, Request
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from gateway import __version__
 
 router = APIRouter(tags=["page"])
 
-_STYLE = (
-    "body{font-family:system-ui,sans-serif;margin:2rem;color:#222}"
-    "table{border-collapse:collapse}"
-    "th,td{border:1px solid #ccc;padding:.3rem .6rem;text-align:left}"
-    ".online{color:#070}.degraded{color:#a60}.offline{color:#b00}.unknown{color:#666}"
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
+"""Content-Security-Policy of the page and its files."""
 
-_SCRIPT = """
-(function () {
-  var body = document.querySelector("#sites tbody");
-  var status = document.getElementById("status");
-  function cell(tr, text, cls) {
-    var td = document.createElement("td");
-    td.textContent = text === null || text === undefined ? "" : String(text);
-    if (cls) { td.className = cls; }
-    tr.appendChild(td);
-  }
-  function load() {
-    fetch("api/v1/sites", {headers: {"Accept": "application/json"}})
-      .then(function (r) { if (!r.ok) { throw new Error("HTTP " + r.status); } return r.json(); })
-      .then(function (sites) {
-        body.textContent = "";
-        sites.forEach(function (s) {
-          var tr = document.createElement("tr");
-          var td = document.createElement("td");
-          var a = document.createElement("a");
-          a.href = "api/v1/sites/" + encodeURIComponent(s.id);
-          a.textContent = s.id;
-          td.appendChild(a);
-          tr.appendChild(td);
-          cell(tr, s.name);
-          cell(tr, s.state, s.state);
-          cell(tr, s.assets_total);
-          cell(tr, s.points_total);
-          cell(tr, s.open_gaps);
-          cell(tr, s.last_seen);
-          body.appendChild(tr);
-        });
-        status.textContent = sites.length + " site(s), updated " + new Date().toISOString();
-      })
-      .catch(function (e) { status.textContent = "failed to load sites: " + e.message; });
-  }
-  load();
-  setInterval(load, 10000);
-})();
-"""
+_MEDIA_TYPES = {
+    "js": "text/javascript; charset=utf-8",
+    "css": "text/css; charset=utf-8",
+    "svg": "image/svg+xml",
+}
+_SECURITY_HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+}
 
 
-def _sha256(text: str) -> str:
-    return base64.b64encode(hashlib.sha256(text.encode()).digest()).decode()
+@dataclass(frozen=True, slots=True)
+class StaticFile:
+    """A file served under ``/static``."""
+
+    body: bytes
+    media_type: str
+    etag: str
 
 
-_CSP = (
-    "default-src 'none'; connect-src 'self'; "
-    f"script-src 'sha256-{_sha256(_SCRIPT)}'; style-src 'sha256-{_sha256(_STYLE)}'; "
-    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
-)
+def _load() -> tuple[str, dict[str, StaticFile]]:
+    """The page template and the static files, read from the package."""
+    root = resources.files("gateway.api").joinpath("static")
+    index = ""
+    files: dict[str, StaticFile] = {}
+    for entry in root.iterdir():
+        name = entry.name
+        if name == "index.html":
+            index = entry.read_text(encoding="utf-8")
+            continue
+        ext = name.rpartition(".")[2]
+        if ext not in _MEDIA_TYPES:
+            continue
+        body = entry.read_bytes()
+        etag = '"' + hashlib.sha256(body).hexdigest()[:20] + '"'
+        files[name] = StaticFile(body, _MEDIA_TYPES[ext], etag)
+    return index, files
 
-_PAGE = f"""<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>ot-gateway</title>
-<style>{_STYLE}</style>
-</head>
-<body>
-<h1>ot-gateway</h1>
-<p>Version {__version__}. @DOCS@
-<a href="openapi.json">OpenAPI schema</a> · <a href="metrics">Metrics</a></p>
-<p>API: <a href="api/v1/sites">sites</a> · <a href="api/v1/assets">assets</a> ·
-<a href="api/v1/devices">devices</a> · <a href="api/v1/gaps?open=true">open gaps</a> ·
-<a href="api/v1/coverage?window=3600&amp;group_by=site">coverage (1 h)</a> ·
-<a href="healthz">healthz</a> · <a href="readyz">readyz</a></p>
-<h2>Sites</h2>
-<table id="sites">
-<thead><tr><th>Site</th><th>Name</th><th>State</th><th>Assets</th><th>Points</th>
-<th>Open gaps</th><th>Last seen (UTC)</th></tr></thead>
-<tbody></tbody>
-</table>
-<p id="status">loading…</p>
-<script>{_SCRIPT}</script>
-</body>
-</html>
-"""
+
+_INDEX, STATIC_FILES = _load()
 
 
 @router.get("/", include_in_schema=False)
 async def home(request: Request) -> HTMLResponse:
-    """The placeholder operator page."""
+    """The operator page (sites → assets → points, gaps, coverage, devices)."""
     docs = '<a href="docs">API documentation</a> ·' if request.app.docs_url else ""
-    return HTMLResponse(
-        _PAGE.replace("@DOCS@", docs),
-        headers={"Content-Security-Policy": _CSP, "X-Content-Type-Options": "nosniff"},
-    )
+    page = _INDEX.replace("@VERSION@", __version__).replace("@DOCS@", docs)
+    return HTMLResponse(page, headers={**_SECURITY_HEADERS, "Cache-Control": "no-cache"})
+
+
+@router.get("/static/{name}", include_in_schema=False)
+async def static_file(name: str, request: Request) -> Response:
+    """A file of the page; revalidated by ETag (``Cache-Control: no-cache``)."""
+    file = STATIC_FILES.get(name)
+    if file is None:
+        return JSONResponse({"detail": "not found"}, status_code=404)
+    headers = {**_SECURITY_HEADERS, "ETag": file.etag, "Cache-Control": "no-cache"}
+    if request.headers.get("if-none-match") == file.etag:
+        return Response(status_code=304, headers=headers)
+    return Response(file.body, media_type=file.media_type, headers=headers)

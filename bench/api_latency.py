@@ -1,0 +1,259 @@
+"""API latency of `/api/v1/sites` and `/api/v1/assets` with a 100k-point inventory, 50 clients.
+
+Two processes on loopback:
+- the server (this script with ``--serve``): a real `Inventory` of SITES × ASSETS × POINTS points
+  (one device per asset), fed with Good readings for every point every FEED_PERIOD seconds (so
+  states stay live and the views change under the load, ~10k readings/s), behind the real app
+  (`create_app`) and `ApiServer` (uvicorn). It reports its event-loop lag on ``/healthz``.
+- the load generator (this script): `httpx.AsyncClient`, CLIENTS concurrent clients, each
+  requesting the endpoint back to back for DURATION seconds; latency per request from send to
+  the last body byte.
+
+Also measured: one request at a time (latency of a single uncontended request), and the cost
+of building the view without `ViewCache` (``--no-cache`` on the server).
+
+Usage: .venv/bin/python bench/api_latency.py [--duration 20] [--clients 50] [--no-cache]
+Prints a Markdown table (paste into docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+
+SITES, ASSETS, POINTS = 10, 100, 100  # 100,000 points, 1,000 assets
+FEED_PERIOD = 10.0  # every point gets a reading this often [s]
+FEED_STEP = 0.1  # readings are fed in slices this often [s]
+
+
+# -- server --------------------------------------------------------------------------------------
+
+
+def serve(no_cache: bool) -> None:
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+    from gateway.api.app import create_app
+    from gateway.api.cache import ViewCache
+    from gateway.api.server import ApiServer
+    from gateway.model import Reading
+    from inventory.inventory import Inventory
+    from inventory.spec import AssetSpec, DeviceSpec, InventorySpec, PointSpec, SiteSpec
+
+    sites = tuple(SiteSpec(f"site-{s}", f"Site {s}") for s in range(SITES))
+    assets = tuple(
+        AssetSpec(f"site-{s}", f"asset-{a}", f"Asset {a}", "pump")
+        for s in range(SITES) for a in range(ASSETS)
+    )
+    devices = tuple(
+        DeviceSpec(f"dev-{s}-{a}", "modbus", "127.0.0.1:1") for s in range(SITES) for a in range(ASSETS)
+    )
+    points = tuple(
+        PointSpec(f"site-{s}", f"asset-{a}", f"p{p}", f"dev-{s}-{a}", FEED_PERIOD, "Cel",
+                  f"modbus://127.0.0.1:1/1/hr/{p}")
+        for s in range(SITES) for a in range(ASSETS) for p in range(POINTS)
+    )
+    started = datetime.now(UTC)
+    inventory = Inventory(InventorySpec(sites, assets, points, devices, gap_after=2.5), now=started)
+    lags: list[float] = []
+
+    class Ctx:
+        store = None
+        monitored_since = started
+
+        def __init__(self) -> None:
+            self.inventory = inventory
+
+        def now(self) -> datetime:
+            return datetime.now(UTC)
+
+        async def usable_counts(self, since: datetime) -> dict[str, int]:
+            return {}
+
+        def health(self) -> dict[str, object]:
+            recent = sorted(lags[-2000:]) or [0.0]
+            return {"loop_lag_max_s": max(recent), "loop_lag_p99_s": recent[int(0.99 * (len(recent) - 1))]}
+
+        def readiness(self) -> tuple[bool, dict[str, object]]:
+            return True, {}
+
+        def metrics_registry(self) -> None:
+            return None
+
+        def add_listener(self, cb: Any) -> None:
+            pass
+
+        def remove_listener(self, cb: Any) -> None:
+            pass
+
+    async def feed() -> None:
+        keys = [(p.site, p.asset, p.point) for p in points]
+        per_step = int(len(keys) * FEED_STEP / FEED_PERIOD)
+        i = 0
+        while True:
+            t = datetime.now(UTC)
+            batch = [Reading(s, a, p, 20.0, "Cel", 0, t, t, "") for s, a, p in keys[i : i + per_step]]
+            inventory.observe(batch)
+            i = (i + per_step) % len(keys)
+            inventory.tick(t)
+            await asyncio.sleep(FEED_STEP)
+
+    async def lag_probe() -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            t0 = loop.time()
+            await asyncio.sleep(0.05)
+            lags.append(max(0.0, loop.time() - t0 - 0.05))
+
+    async def main() -> None:
+        for d in devices:
+            inventory.link_up(d.id, started)
+        t = datetime.now(UTC)
+        inventory.observe([Reading(p.site, p.asset, p.point, 20.0, "Cel", 0, t, t, "") for p in points])
+        app = create_app(Ctx(), allowed_hosts=None)  # type: ignore[arg-type]
+        if no_cache:
+            app.state.views = ViewCache(min_cost=float("inf"))
+        server = ApiServer(app, "127.0.0.1", 0, limit_concurrency=None, timeout_keep_alive=30)
+        port = await server.start()
+        tasks = [asyncio.create_task(feed()), asyncio.create_task(lag_probe())]
+        print(json.dumps({"port": port}), flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        await stop.wait()
+        for task in tasks:
+            task.cancel()
+        await server.stop()
+
+    asyncio.run(main())
+
+
+# -- load generator ------------------------------------------------------------------------------
+
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * (len(s) - 1) + 0.5))]
+
+
+async def load_raw(url: str, clients: int, duration: float) -> tuple[list[float], int, float]:
+    """`clients` concurrent clients in this process; (latencies [s], errors, elapsed [s])."""
+    latencies: list[float] = []
+    errors = 0
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(limits=limits, timeout=120) as client:
+        deadline = time.perf_counter() + duration
+
+        async def worker() -> None:
+            nonlocal errors
+            while time.perf_counter() < deadline:
+                t0 = time.perf_counter()
+                resp = await client.get(url)
+                await resp.aread()
+                if resp.status_code != 200:
+                    errors += 1
+                latencies.append(time.perf_counter() - t0)
+
+        t_start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(clients)))
+        elapsed = time.perf_counter() - t_start
+    return latencies, errors, elapsed
+
+
+def _load_in_process(url: str, clients: int, duration: float) -> tuple[list[float], int, float]:
+    return asyncio.run(load_raw(url, clients, duration))
+
+
+def load(url: str, clients: int, duration: float, procs: int) -> dict[str, float]:
+    """`clients` concurrent clients spread over `procs` processes (httpx is CPU-hungry)."""
+    procs = max(1, min(procs, clients))
+    shares = [clients // procs + (1 if i < clients % procs else 0) for i in range(procs)]
+    if procs == 1:
+        results = [_load_in_process(url, clients, duration)]
+    else:
+        with ProcessPoolExecutor(procs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            results = list(pool.map(_load_in_process, [url] * procs, shares, [duration] * procs))
+    latencies = [x for lat, _e, _t in results for x in lat]
+    errors = sum(e for _l, e, _t in results)
+    elapsed = max(t for _l, _e, t in results)
+    return {
+        "n": len(latencies),
+        "errors": errors,
+        "rps": len(latencies) / elapsed,
+        "p50": pct(latencies, 0.50),
+        "p90": pct(latencies, 0.90),
+        "p99": pct(latencies, 0.99),
+        "max": max(latencies),
+        "mean": statistics.fmean(latencies),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--no-cache", action="store_true", help="server without ViewCache")
+    ap.add_argument("--duration", type=float, default=20.0)
+    ap.add_argument("--clients", type=int, default=50)
+    ap.add_argument("--procs", type=int, default=5, help="load generator processes")
+    args = ap.parse_args()
+    if args.serve:
+        serve(args.no_cache)
+        return
+    cmd = [sys.executable, __file__, "--serve"] + (["--no-cache"] if args.no_cache else [])
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        port = json.loads(proc.stdout.readline())["port"]
+        base = f"http://127.0.0.1:{port}"
+        size = {p: len(httpx.get(base + p, timeout=120).content) for p in ("/api/v1/sites", "/api/v1/assets")}
+        rows = []
+        for path in ("/api/v1/sites", "/api/v1/assets"):
+            single = load(base + path, 1, min(args.duration, 10.0), 1)
+            cpu0, t0 = cpu_seconds(proc.pid), time.perf_counter()
+            loaded = load(base + path, args.clients, args.duration, args.procs)
+            loaded["cpu"] = (cpu_seconds(proc.pid) - cpu0) / (time.perf_counter() - t0)
+            lag = httpx.get(base + "/healthz", timeout=30).json()["details"]
+            rows.append((path, size[path], single, loaded, lag))
+        mode = "without ViewCache" if args.no_cache else "with ViewCache"
+        print(f"\n{SITES * ASSETS * POINTS:,} points, {SITES * ASSETS:,} assets, {SITES} sites; "
+              f"{args.clients} clients in {args.procs} processes × {args.duration:.0f} s; {mode}\n")
+        print("| endpoint | body | 1 client p50 | 50 clients p50 | p90 | p99 | max | req/s | server CPU | server loop lag p99 / max |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        for path, body, single, loaded, lag in rows:
+            print(f"| `{path}` | {body / 1024:.0f} KiB | {single['p50'] * 1000:.1f} ms | "
+                  f"{loaded['p50'] * 1000:.0f} ms | {loaded['p90'] * 1000:.0f} ms | "
+                  f"{loaded['p99'] * 1000:.0f} ms | {loaded['max'] * 1000:.0f} ms | "
+                  f"{loaded['rps']:.0f} | {loaded['cpu'] * 100:.0f} % | "
+                  f"{lag['loop_lag_p99_s'] * 1000:.0f} / "
+                  f"{lag['loop_lag_max_s'] * 1000:.0f} ms |"
+                  + (f" ({loaded['errors']} errors)" if loaded["errors"] else ""))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+if __name__ == "__main__":
+    main()
