@@ -496,6 +496,7 @@ class Runtime:
         )
         self._on_event(f"buffer overflow: dropped {report.dropped} unsent readings")
         changed: list[Gap] = []
+        added: list[Gap] = []
         for r in report.dropped_ranges:
             prev = self._overflow_gaps.get(r.key)
             if prev is not None and r.continues and prev.end is not None and r.first >= prev.start:
@@ -515,9 +516,12 @@ class Runtime:
                 expected_interval=self._intervals.get(r.key, 1.0),
             )
             self._overflow_gaps[r.key] = gap
-            self.inventory.add_closed_gap(gap)
+            added.append(gap)
             changed.append(replace(gap))
+        # Durable first: a gap the API shows is already in the store.
         await self.store.save_gaps(changed)
+        for gap in added:
+            self.inventory.add_closed_gap(gap)
 
     async def _device_loop(self, device_id: str, index: int) -> None:
         """Connect, poll and reconnect one device forever (until cancelled)."""
