@@ -74,3 +74,60 @@ class Connector(Protocol):
     def point_sources(self) -> dict[str, str]:
         """Map point key -> source locator URI."""
         ...
+
+
+class WriteError(ConnectorError):
+    """A write-back that did not succeed (RELIABILITY M9-M11, R17, R26).
+
+    Attributes:
+        kind: ``"encode"`` (the raw value does not fit the point's type or register width;
+            nothing was sent), ``"device"`` (the device answered with an error: Modbus exception
+            or OPC UA Bad StatusCode, see ``code``), ``"timeout"`` (no answer: the outcome is
+            unknown and the write is never resent automatically), ``"offline"`` (no open link;
+            nothing was sent), ``"unsupported"`` (the point's area or node cannot be written).
+        code: The protocol's code when there is one: ``"exception_02"`` (Modbus), or the OPC UA
+            StatusCode name such as ``"BadNotWritable"``; else None.
+        message: Human-readable reason; never holds secrets.
+    """
+
+    def __init__(self, kind: str, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.code = code
+        self.message = message
+
+
+@dataclass(slots=True)
+class WriteResult:
+    """What a connector did for one write-back.
+
+    Attributes:
+        encoded: What went (or, for a dry run, would go) on the wire, human-readable, e.g.
+            ``"FC16 unit_id=1 holding 10..11 = [0x4148, 0x0000]"`` or
+            ``"Write ns=2;s=Setpoint Float 12.5"``.
+        registers: Modbus: the encoded register/coil words; None for other protocols.
+        confirmed: The point read back after the write (raw, not yet scaled), or None for a
+            dry run.
+    """
+
+    encoded: str
+    registers: list[int] | None = None
+    confirmed: Sample | None = None
+
+
+class WritableConnector(Protocol):
+    """A connector that can write one configured point (Modbus FC 5/6/15/16, OPC UA Write).
+
+    The write shares the device's link and is serialized with its polling.
+    """
+
+    async def write(self, point_id: str, raw: object, *, dry_run: bool = False) -> WriteResult:
+        """Encode ``raw`` for the point ``point_id`` (``site/asset/point``), write, read back.
+
+        ``raw`` is already converted from engineering units by the gateway (inverse scale/offset).
+
+        Raises:
+            WriteError: See its ``kind``; ``"encode"`` and ``"offline"`` guarantee nothing was
+                sent.
+        """
+        ...
