@@ -44,8 +44,8 @@ $(NODE_OPCUA): tests/interop/node-opcua/package-lock.json
 test: $(STAMP) deps-system lint $(NODE_OPCUA)
 	$(VENV)/bin/pytest
 
-bench: $(STAMP)
-	$(PY) bench/modbus_throughput.py
+bench: $(STAMP) deps-system
+	$(PY) bench/run_all.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
