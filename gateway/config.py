@@ -32,7 +32,7 @@ from pydantic import (
 )
 
 from connectors.modbus.config import ModbusAddress, ModbusDeviceConfig
-from connectors.mqtt.config import MqttAddress, MqttDeviceConfig
+from connectors.mqtt.config import MqttAddress, MqttDeviceConfig, MqttPublisherConfig
 from connectors.opcua.config import AcquisitionMode, OpcUaAddress, OpcUaDeviceConfig
 
 _STRICT = ConfigDict(extra="forbid", frozen=True)
@@ -254,6 +254,25 @@ SinkConfig = InfluxSinkConfig
 """Any sink (one type so far)."""
 
 
+class NorthboundConfig(BaseModel):
+    """Live publishing of normalized readings and gateway state to consumers (issue #4).
+
+    Unlike ``sinks`` (store and forward with a cursor, lossless), a northbound publisher is a
+    live feed: it sends what is committed from now on through a bounded queue (``queue_max``)
+    that drops the oldest and counts them when the broker is slow or away.
+
+    Attributes:
+        mqtt: The MQTT publisher (broker, topic templates, QoS, batching, retained gateway
+            birth/death and per-asset state); None = off.
+    """
+
+    model_config = _STRICT
+
+    mqtt: MqttPublisherConfig | None = Field(
+        default=None, description="Publish readings and gateway state to an MQTT broker"
+    )
+
+
 class ReconnectConfig(BaseModel):
     """Capped exponential backoff with jitter between reconnect attempts."""
 
@@ -297,6 +316,9 @@ class GatewayConfig(BaseModel):
     inventory: InventoryConfig = Field(default_factory=InventoryConfig)
     sinks: list[SinkConfig] = Field(
         default_factory=list, description="Where readings are forwarded (store and forward)"
+    )
+    northbound: NorthboundConfig = Field(
+        default_factory=NorthboundConfig, description="Live publishing to consumers (MQTT)"
     )
     sites: list[SiteConfig] = Field(default_factory=list)
     devices: list[DeviceConfig] = Field(default_factory=list)

@@ -28,8 +28,10 @@ from typing import TYPE_CHECKING, Union
 from prometheus_client import CollectorRegistry
 
 if TYPE_CHECKING:
+    from connectors.mqtt.config import MqttPublisherConfig
     from connectors.mqtt.connector import MqttPoint
     from connectors.opcua.connector import OpcUaPoint
+    from gateway.northbound import MqttNorthbound
 
 from connectors.base import ConnectError, Connector, LinkLost
 from connectors.modbus.plan import ModbusPoint
@@ -216,6 +218,7 @@ class Runtime:
         self.monitored_since = utc_now()
         self.store: Store | None = None
         self.forwarders: list[Forwarder] = []
+        self.northbound: MqttNorthbound | None = None
         self.store_stats: dict[str, int] = {}
         self._overflow_gaps: dict[str, Gap] = {}
         self._intervals = {p.key: p.expected_interval for p in self.spec.points}
@@ -284,6 +287,8 @@ class Runtime:
                     on_event=self._on_event,
                 )
             )
+        if self.cfg.northbound.mqtt is not None:
+            await self._start_northbound(self.cfg.northbound.mqtt)
         self.store_stats = await self.store.stats()
         self._tasks.append(asyncio.create_task(self._writer(), name="writer"))
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
@@ -294,6 +299,26 @@ class Runtime:
                 asyncio.create_task(self._device_loop(dev.id, i), name=f"device:{dev.id}")
             )
         self._started.set()
+
+    async def _start_northbound(self, cfg: MqttPublisherConfig) -> None:
+        """Create and start the MQTT northbound publisher (`gateway.northbound`)."""
+        from gateway.northbound import MqttNorthbound  # only when configured
+
+        sites: dict[str, list[str]] = {}
+        points = 0
+        for site, asset, _point in self.cfg.iter_points():
+            assets = sites.setdefault(site.id, [])
+            if asset.id not in assets:
+                assets.append(asset.id)
+            points += 1
+        for site_cfg in self.cfg.sites:  # assets without points are still announced
+            for asset_cfg in site_cfg.assets:
+                if asset_cfg.id not in sites.setdefault(site_cfg.id, []):
+                    sites[site_cfg.id].append(asset_cfg.id)
+        self.northbound = MqttNorthbound(cfg, self.cfg.gateway.name, self.inventory, sites, points)
+        self.registry.register(self.northbound)
+        self.add_listener(self.northbound.listener)
+        await self.northbound.start()
 
     async def stop(self) -> None:
         """Stop polling, commit what is queued, stop forwarding, record `last_alive`, close.
@@ -319,6 +344,9 @@ class Runtime:
             except Exception:  # closing a session must not block the store's close
                 log.exception("sink %s: close failed", fw.name)
         self._tasks.clear()
+        if self.northbound is not None:
+            self.remove_listener(self.northbound.listener)
+            await self.northbound.stop()
         if self.store is not None:
             await self.store.set_meta("last_alive", to_rfc3339(utc_now()) or "")
             await self.store.close()
@@ -371,6 +399,7 @@ class Runtime:
             "alarms": list(self.alarms),
             "sinks": sinks,
             "sinks_degraded": [s["name"] for s in sinks if s["state"] == "degraded"],
+            "northbound": [self.northbound.status()] if self.northbound is not None else [],
         }
 
     def sink_status(self) -> list[dict[str, object]]:
@@ -465,6 +494,8 @@ class Runtime:
                         overruns=st.overruns,
                     )
             await self._save_gaps(self.inventory.tick(now))
+            if self.northbound is not None:
+                await self.northbound.refresh_states(now)
             if monotonic() >= next_beat:
                 next_beat += HEARTBEAT_S
                 await self.store.set_meta("last_alive", to_rfc3339(now) or "")

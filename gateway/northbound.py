@@ -1,0 +1,130 @@
+"""Northbound MQTT: the runtime's live readings and asset states on a broker (issue #4).
+
+Wires `connectors.mqtt.publisher.MqttPublisher` to the runtime:
+
+* every committed reading is queued for publishing (a runtime listener; never blocks);
+* the retained birth message carries the configured inventory (site -> assets, counts);
+* each asset's connectivity state (``online``/``degraded``/``offline``/``unknown``) is
+  published retained when it changes (checked every `STATE_CHECK_S`) and re-sent by the
+  publisher after every reconnect;
+* the broker publishes the last will (``offline``, ``connection lost``) when the gateway
+  vanishes; a clean stop publishes ``offline``, ``stopped``.
+
+Guarantee: a live feed, not store and forward. Readings committed while the broker is away are
+queued up to ``queue_max`` and the oldest beyond it are dropped and counted (``dropped``); for a
+lossless history use an ``influxdb`` sink. Commands arriving on the broker are never read
+(the publisher subscribes to nothing; RELIABILITY S13).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from connectors.mqtt.config import MqttPublisherConfig
+from connectors.mqtt.publisher import MqttPublisher
+from gateway.model import Reading
+from inventory.inventory import Inventory
+
+log = logging.getLogger("ot_gateway.northbound")
+
+STATE_CHECK_S = 1.0
+"""How often asset states are compared with the last published ones [s]."""
+
+
+class MqttNorthbound:
+    """The runtime's MQTT publisher of readings, birth/death and per-asset state.
+
+    Args:
+        cfg: Publisher config (``northbound.mqtt``).
+        gateway: Gateway name (``gateway.name``), used in topics and payloads.
+        inventory: The runtime's inventory (asset states are read from it).
+        sites: Configured ``site id -> [asset ids]`` for the birth message.
+        points: Number of configured points, for the birth message.
+    """
+
+    def __init__(
+        self,
+        cfg: MqttPublisherConfig,
+        gateway: str,
+        inventory: Inventory,
+        sites: dict[str, list[str]],
+        points: int,
+    ) -> None:
+        self.publisher = MqttPublisher(cfg, gateway=gateway)
+        self._inventory = inventory
+        self._birth: dict[str, object] = {
+            "sites": len(sites),
+            "assets": sum(len(a) for a in sites.values()),
+            "points": points,
+            "site_assets": {s: list(a) for s, a in sites.items()},
+        }
+        self._published: dict[tuple[str, str], str] = {}
+
+    @property
+    def listener(self) -> Callable[[Sequence[Reading]], None]:
+        """The runtime listener: queues committed readings (never blocks, never raises)."""
+        return self.publisher.publish
+
+    async def start(self) -> None:
+        """Start the publisher task; it connects in the background and retries forever."""
+        await self.publisher.start(self._birth)
+
+    async def refresh_states(self, now: datetime) -> int:
+        """Publish the assets whose state changed since the last call.
+
+        Args:
+            now: Current time (aware UTC), for the inventory's state evaluation.
+
+        Returns:
+            Number of asset states handed to the publisher.
+        """
+        changed = 0
+        for view in self._inventory.assets(now):
+            key = (view.site, view.id)
+            state = view.state.value
+            if self._published.get(key) != state:
+                self._published[key] = state
+                await self.publisher.set_asset_state(view.site, view.id, state)
+                changed += 1
+        return changed
+
+    async def stop(self) -> None:
+        """Flush (bounded), publish the retained ``offline``/``stopped`` state, disconnect."""
+        await self.publisher.stop()
+
+    def status(self) -> dict[str, object]:
+        """State for ``/readyz`` and ``/api/v1/sinks``: endpoint, connected, counters."""
+        st = self.publisher.stats
+        return {
+            "name": "mqtt",
+            "type": "mqtt-northbound",
+            "target": self.publisher.endpoint,
+            "state": "ok" if st.connected else "degraded",
+            "connected": st.connected,
+            "queued": st.queued,
+            "published": st.published,
+            "dropped": st.dropped,
+            "lost_in_flight": st.lost_in_flight,
+            "last_error": st.last_error,
+        }
+
+    def collect(self) -> Iterator[Metric]:
+        """Prometheus collector: ``otgw_northbound_*`` series (register on the registry)."""
+        st = self.publisher.stats
+        up = GaugeMetricFamily(
+            "otgw_northbound_up", "1 while connected to the broker", labels=["target"]
+        )
+        up.add_metric([self.publisher.endpoint], 1.0 if st.connected else 0.0)
+        yield up
+        for name, doc, value in (
+            ("published", "Readings handed to the broker connection", st.published),
+            ("dropped", "Readings dropped because the publish queue was full", st.dropped),
+            ("lost_in_flight", "Messages unconfirmed when the link dropped", st.lost_in_flight),
+        ):
+            fam = CounterMetricFamily(f"otgw_northbound_{name}", doc, labels=["target"])
+            fam.add_metric([self.publisher.endpoint], float(value))
+            yield fam
