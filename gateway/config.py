@@ -71,6 +71,10 @@ class PointBase(BaseModel):
         poll_interval: Overrides the device's poll interval [s] [0.01 .. 86400].
         expected_interval: Seconds between samples when healthy, for gap detection, where
             the protocol does not imply it (MQTT) [s] [0.01 .. 86400].
+        writable: The point may be written through the API (also needs ``writes.enabled``).
+            Default false.
+        write_range: Engineering values a write may request [min, max]; required when
+            ``writable`` (defaults to ``range`` when that is set).
     """
 
     model_config = _STRICT
@@ -88,15 +92,29 @@ class PointBase(BaseModel):
     expected_interval: float | None = Field(
         default=None, ge=0.01, le=86400, description="Expected seconds between samples [s]"
     )
+    writable: bool = Field(default=False, description="May be written via the API")
+    write_range: tuple[float, float] | None = Field(
+        default=None, description="Allowed write values [min, max] in engineering units"
+    )
 
     @model_validator(mode="after")
     def _check_range(self) -> Self:
-        if self.range is not None:
-            low, high = self.range
-            if not (math.isfinite(low) and math.isfinite(high)) or low > high:
-                msg = f"range: must be [min, max] with finite min <= max, got {list(self.range)}"
-                raise ValueError(msg)
+        for name in ("range", "write_range"):
+            value = getattr(self, name)
+            if value is not None:
+                low, high = value
+                if not (math.isfinite(low) and math.isfinite(high)) or low > high:
+                    msg = f"{name}: must be [min, max] with finite min <= max, got {list(value)}"
+                    raise ValueError(msg)
+        if self.writable and self.write_range is None and self.range is None:
+            msg = "write_range: required for a writable point (or set range)"
+            raise ValueError(msg)
         return self
+
+    @property
+    def effective_write_range(self) -> tuple[float, float] | None:
+        """``write_range``, else ``range`` (engineering units); None when neither is set."""
+        return self.write_range if self.write_range is not None else self.range
 
 
 class ModbusPointConfig(ModbusAddress, PointBase):
@@ -116,6 +134,13 @@ class MqttPointConfig(PointBase):
     """
 
     mqtt: MqttAddress | None = Field(default=None, description="The point's own topic rule")
+
+    @model_validator(mode="after")
+    def _not_writable(self) -> Self:
+        if self.writable:
+            msg = "writable: MQTT points cannot be written (commands are never sent, S13)"
+            raise ValueError(msg)
+        return self
 
 
 def _point_kind(value: Any) -> str:  # noqa: ANN401 - pydantic passes raw input or a model
@@ -184,14 +209,99 @@ class SiteConfig(BaseModel):
     assets: list[AssetConfig] = Field(default_factory=list)
 
 
+Role = Literal["viewer", "operator", "admin"]
+"""API roles: ``viewer`` reads, ``operator`` also writes points, ``admin`` also reads the audit."""
+
+
+class ApiTokenConfig(BaseModel):
+    """One API token: who it is, its role, and the secret as a hash or an env reference.
+
+    Attributes:
+        name: Principal name recorded in the audit log (slug).
+        role: ``viewer``, ``operator`` or ``admin``.
+        token: The token itself, normally ``${ENV_VAR}``; never logged or echoed.
+        token_sha256: Or the hex SHA-256 of the token (64 hex digits), so the file holds no
+            secret. Exactly one of ``token`` and ``token_sha256``.
+    """
+
+    model_config = _STRICT
+
+    name: str = Field(pattern=SLUG, description="Principal name (slug)")
+    role: Role = Field(description="viewer | operator | admin")
+    token: SecretStr | None = Field(default=None, description="Token, e.g. ${OTGW_TOKEN}")
+    token_sha256: str | None = Field(
+        default=None, pattern=r"^[0-9a-f]{64}$", description="Hex SHA-256 of the token"
+    )
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> Self:
+        if (self.token is None) == (self.token_sha256 is None):
+            msg = "token: give exactly one of token and token_sha256"
+            raise ValueError(msg)
+        if self.token is not None and len(self.token.get_secret_value()) < 16:
+            msg = "token: at least 16 characters"
+            raise ValueError(msg)
+        return self
+
+
+class ApiAuthConfig(BaseModel):
+    """API authentication (RELIABILITY S1-S9).
+
+    Attributes:
+        tokens: The accepted bearer tokens with their roles.
+        read_requires_token: Reads (GET) need a token of any role; default false (open reads
+            on a loopback-bound API). Writes and the audit log always need a token.
+        failed_auth_limit: Failed authentications allowed per client address per minute
+            before 429 [1..10000].
+    """
+
+    model_config = _STRICT
+
+    tokens: list[ApiTokenConfig] = Field(default_factory=list)
+    read_requires_token: bool = Field(default=False, description="GET needs a token")
+    failed_auth_limit: int = Field(
+        default=10, ge=1, le=10_000, description="Failed auths per client per minute [count]"
+    )
+
+
 class ApiConfig(BaseModel):
-    """The HTTP API and web page."""
+    """The HTTP API and web page.
+
+    Attributes:
+        enabled: Serve the API and page.
+        host: Bind address; ``127.0.0.1`` unless configured (S-rows: never all interfaces by
+            default).
+        port: TCP port [0..65535], 0 = any free.
+        auth: Tokens and roles.
+        cors_origins: Origins allowed by CORS; empty = CORS off (default).
+        max_body_bytes: Largest request body accepted [bytes] [1..10485760]; beyond, 413.
+    """
 
     model_config = _STRICT
 
     enabled: bool = True
     host: str = Field(default="127.0.0.1", description="Bind address; loopback by default")
     port: int = Field(default=8080, ge=0, le=65535, description="TCP port [0..65535], 0 = any free")
+    auth: ApiAuthConfig = Field(default_factory=ApiAuthConfig)
+    cors_origins: list[str] = Field(default_factory=list, description="CORS origins; [] = off")
+    max_body_bytes: int = Field(
+        default=65_536, ge=1, le=10 * 1024 * 1024, description="Request body limit [bytes]"
+    )
+
+
+class WritesConfig(BaseModel):
+    """Write-back to devices (issue #7). Off by default.
+
+    Attributes:
+        enabled: Allow writes at all; each point must also be ``writable``.
+        timeout: Time allowed for one write and its read-back [s] (0.1..60); beyond, the
+            outcome is unknown and the write is never resent.
+    """
+
+    model_config = _STRICT
+
+    enabled: bool = Field(default=False, description="Allow write-back (points need writable)")
+    timeout: float = Field(default=5.0, ge=0.1, le=60, description="Write timeout [s]")
 
 
 class StoreConfig(BaseModel):
@@ -320,6 +430,7 @@ class GatewayConfig(BaseModel):
     northbound: NorthboundConfig = Field(
         default_factory=NorthboundConfig, description="Live publishing to consumers (MQTT)"
     )
+    writes: WritesConfig = Field(default_factory=WritesConfig, description="Write-back; off")
     sites: list[SiteConfig] = Field(default_factory=list)
     devices: list[DeviceConfig] = Field(default_factory=list)
     point_files: list[str] = Field(
