@@ -19,9 +19,11 @@ import asyncio
 import contextlib
 import logging
 import random
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Union
 
@@ -229,6 +231,9 @@ class Runtime:
         self._started = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._listeners: list[Callable[[Sequence[Reading]], None]] = []
+        self._queued_seq = 0  # lists put on _queue
+        self._committed_seq = 0  # lists taken off _queue and committed
+        self._after_commit: deque[tuple[int, Callable[[], object]]] = deque()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -436,18 +441,34 @@ class Runtime:
 
     # -- tasks ---------------------------------------------------------------------------
 
-    def _submit(self, readings: list[Reading]) -> None:
+    def _submit(
+        self, readings: list[Reading], after_commit: Callable[[], object] | None = None
+    ) -> None:
+        """Queue readings for the writer; ``after_commit`` runs once they are committed.
+
+        ``after_commit`` (e.g. an MQTT QoS 1 acknowledgement, ``ack: commit``) runs after the
+        commit of every reading queued so far, in queue order, on the event loop.
+        """
         if readings:
             self.counters.readings_in += len(readings)
             self._queue.put_nowait(readings)
+            self._queued_seq += 1
+        if after_commit is not None:
+            if self._queued_seq == self._committed_seq:
+                after_commit()  # nothing of this (or earlier) is waiting for the writer
+            else:
+                self._after_commit.append((self._queued_seq, after_commit))
 
     async def _writer(self) -> None:
         """Commit queued readings in batches, then feed the inventory and persist gap changes."""
         assert self.store is not None  # noqa: S101 - started by start()
         while True:
             batch = await self._queue.get()
+            taken = 1 if batch else 0  # the stop sentinel is an empty list, not counted
             while not self._queue.empty():
-                batch.extend(self._queue.get_nowait())
+                more = self._queue.get_nowait()
+                batch.extend(more)
+                taken += 1 if more else 0
             if batch:
                 await self.store.append(batch)
                 self.counters.readings_committed += len(batch)
@@ -461,9 +482,20 @@ class Runtime:
                     except Exception:
                         log.exception("reading listener failed; removed")
                         self.remove_listener(listener)
+                self._committed_seq += taken
+                self._run_after_commit()
                 await self._save_gaps(changed)
             if self._stopping.is_set() and self._queue.empty():
                 return
+
+    def _run_after_commit(self) -> None:
+        pending = self._after_commit
+        while pending and pending[0][0] <= self._committed_seq:
+            _, callback = pending.popleft()
+            try:
+                callback()
+            except Exception:  # an acknowledgement must not stop the writer
+                log.exception("after-commit callback failed")
 
     async def _save_gaps(self, gaps: Sequence[Gap]) -> None:
         if not gaps or self.store is None:
@@ -562,7 +594,11 @@ class Runtime:
         # Stagger the first connects so devices do not poll in phase.
         await asyncio.sleep(min(0.05 * index, getattr(dev, "poll_interval", 1.0) / 2))
         while not self._stopping.is_set():
-            connector = create_connector(dev, self._points[device_id])
+            options: dict[str, object] = {}
+            if getattr(dev, "ack", None) == "commit":
+                options["ack"] = "commit"
+            connector = create_connector(dev, self._points[device_id], **options)
+            acknowledge = getattr(connector, "acknowledge", None) if options else None
             run.connector = connector
             run.attempts += 1
             try:
@@ -572,7 +608,12 @@ class Runtime:
                     async for samples in connector.samples():
                         now = utc_now()
                         if samples:
-                            self._submit(self.pipeline.convert(samples, now))
+                            readings = self.pipeline.convert(samples, now)
+                            if acknowledge is not None:
+                                # PUBACK the batches yielded so far once they are committed.
+                                self._submit(readings, partial(acknowledge, connector.batches))  # type: ignore[attr-defined]
+                            else:
+                                self._submit(readings)
                         else:  # a keep-alive: the subscription is alive, nothing changed
                             self.inventory.device_alive(device_id, now)
             except (ConnectError, LinkLost) as exc:

@@ -413,6 +413,11 @@ class MqttDeviceConfig(BaseModel):
             session, so the broker queues QoS 1 messages while the gateway is away.
         session_expiry: MQTT 5: seconds the broker keeps the session after a disconnect
             [0..4294967295]; 4294967295 = never expires. MQTT 3.1.1 sessions never expire.
+        ack: QoS 1 acknowledgement. ``receipt`` (default): the PUBACK goes out when the
+            message is in the gateway's memory. ``commit``: only after its readings are
+            committed to the local store (RELIABILITY M2), so a gateway crash before the
+            commit makes the broker redeliver; the broker's in-flight window then bounds QoS 1
+            throughput.
         subscriptions: Topic filters and QoS; empty = one per mapping (``subscription_filter``
             and ``qos``).
         mappings: Topic templates -> points, with their decoders.
@@ -452,6 +457,9 @@ class MqttDeviceConfig(BaseModel):
         ge=0,
         le=4_294_967_295,
         description="MQTT 5 session expiry after disconnect [s]; 4294967295 = never",
+    )
+    ack: Literal["receipt", "commit"] = Field(
+        default="receipt", description="QoS 1 PUBACK on receipt, or after the store commit"
     )
     subscriptions: list[MqttSubscription] = Field(
         default_factory=list, description="Topic filters; empty = one per mapping"
