@@ -4,9 +4,12 @@ Wires `connectors.mqtt.publisher.MqttPublisher` to the runtime:
 
 * every committed reading is queued for publishing (a runtime listener; never blocks);
 * the retained birth message carries the configured inventory (site -> assets, counts);
-* each asset's connectivity state (``online``/``degraded``/``offline``/``unknown``) is
-  published retained when it changes (checked every `STATE_CHECK_S`) and re-sent by the
-  publisher after every reconnect;
+* each asset's connectivity state (``online``/``degraded``/``offline``/``unknown``, with
+  points by state, open gaps, last seen) is published retained when it changes (checked
+  every second by the runtime) and re-sent by the publisher after every reconnect;
+* the gateway's open data gaps and the most recent closed ones are one retained document
+  (``gaps_topic``, default ``ot/_gateway/{gateway}/gaps``), re-published when they change —
+  so a fleet view (`ot-gateway fleet`) knows every site's gaps;
 * the broker publishes the last will (``offline``, ``connection lost``) when the gateway
   vanishes; a clean stop publishes ``offline``, ``stopped``.
 
@@ -26,13 +29,33 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from connectors.mqtt.config import MqttPublisherConfig
 from connectors.mqtt.publisher import MqttPublisher
+from gateway.clock import to_rfc3339
 from gateway.model import Reading
 from inventory.inventory import Inventory
+from inventory.views import Gap
 
 log = logging.getLogger("ot_gateway.northbound")
 
-STATE_CHECK_S = 1.0
-"""How often asset states are compared with the last published ones [s]."""
+MAX_OPEN_GAPS = 1000
+"""Open gaps listed in the retained gaps document (oldest first) [count]."""
+MAX_RECENT_GAPS = 100
+"""Most recently closed gaps listed in the retained gaps document [count]."""
+
+
+def gap_object(gap: Gap, now: datetime) -> dict[str, object]:
+    """The JSON object of one gap, as in ``GET /api/v1/gaps`` (times RFC 3339 UTC)."""
+    end = gap.end or now
+    return {
+        "id": gap.id,
+        "site": gap.site,
+        "asset": gap.asset,
+        "point": gap.point,
+        "cause": gap.cause.value,
+        "start": to_rfc3339(gap.start),
+        "end": to_rfc3339(gap.end),
+        "duration_s": round((end - gap.start).total_seconds(), 3),
+        "samples_missed": gap.samples_missed(now),
+    }
 
 
 class MqttNorthbound:
@@ -62,7 +85,9 @@ class MqttNorthbound:
             "points": points,
             "site_assets": {s: list(a) for s, a in sites.items()},
         }
-        self._published: dict[tuple[str, str], str] = {}
+        self._published: dict[tuple[str, str], object] = {}
+        self._gaps_signature: object = None
+        self._gaps_topic = cfg.gaps_topic.replace("{gateway}", gateway)
 
     @property
     def listener(self) -> Callable[[Sequence[Reading]], None]:
@@ -86,11 +111,43 @@ class MqttNorthbound:
         for view in self._inventory.assets(now):
             key = (view.site, view.id)
             state = view.state.value
-            if self._published.get(key) != state:
-                self._published[key] = state
-                await self.publisher.set_asset_state(view.site, view.id, state)
+            signature = (state, tuple(sorted(view.points_by_state.items())), view.open_gaps)
+            if self._published.get(key) != signature:
+                self._published[key] = signature
+                details: dict[str, object] = {
+                    "name": view.name,
+                    "points_total": view.points_total,
+                    "points_by_state": dict(view.points_by_state),
+                    "open_gaps": view.open_gaps,
+                    "last_seen": to_rfc3339(view.last_seen),
+                    "since": to_rfc3339(view.since),
+                }
+                await self.publisher.set_asset_state(view.site, view.id, state, details)
                 changed += 1
+        await self._refresh_gaps(now)
         return changed
+
+    async def _refresh_gaps(self, now: datetime) -> None:
+        """Publish the retained gaps document when the set of gaps changed."""
+        gaps = self._inventory.gaps()
+        open_gaps = [g for g in gaps if g.end is None][:MAX_OPEN_GAPS]
+        closed = [g for g in gaps if g.end is not None][-MAX_RECENT_GAPS:]
+        signature = (
+            tuple(g.id for g in open_gaps),
+            tuple((g.id, g.end) for g in closed),
+        )
+        if signature == self._gaps_signature:
+            return
+        self._gaps_signature = signature
+        await self.publisher.set_document(
+            self._gaps_topic,
+            {
+                "gateway": self.publisher.gateway,
+                "time": to_rfc3339(now),
+                "open": [gap_object(g, now) for g in open_gaps],
+                "recent": [gap_object(g, now) for g in closed],
+            },
+        )
 
     async def stop(self) -> None:
         """Flush (bounded), publish the retained ``offline``/``stopped`` state, disconnect."""

@@ -141,7 +141,29 @@ def test_readings_birth_asset_state_and_last_will(tmp_path: Path) -> None:
                 return last is not None and last["state"] == "offline"
 
             wait_for(offline, timeout=30, what="pump-1 offline after the field went quiet")
-            assert gw.get("/api/v1/assets/north/pump-1")["state"] == "offline"
+            asset = wait_for(
+                lambda: (a := gw.get("/api/v1/assets/north/pump-1"))["open_gaps"] == 2 and a,
+                timeout=30, what="two stale gaps open")
+            assert asset["state"] == "offline"
+
+            def with_gaps() -> dict[str, Any] | None:
+                last = sub.last("ot/_gateway/gw-north/assets/north/pump-1")
+                return last if last is not None and last["open_gaps"] == 2 else None
+
+            state = wait_for(with_gaps, timeout=20, what="asset state with its open gaps")
+            assert state["state"] == "offline"
+            assert state["points_by_state"]["offline"] == 2
+
+            # Gap records: the retained gaps document lists the open gaps as the API does.
+            def gaps_doc() -> dict[str, Any] | None:
+                doc = sub.last("ot/_gateway/gw-north/gaps")
+                return doc if doc is not None and len(doc["open"]) == 2 else None
+
+            doc = wait_for(gaps_doc, timeout=20, what="gaps document")
+            api_gaps = gw.get("/api/v1/gaps", open="true")
+            assert {g["id"] for g in doc["open"]} == {g["id"] for g in api_gaps}
+            assert {(g["point"], g["cause"]) for g in doc["open"]} == {
+                ("flow", "stale"), ("speed", "stale")}
 
             # Commands on the gateway's topics are not read (S13): nothing changes.
             _publish(broker.port, [("ot/_gateway/gw-north/set", b'{"write": 1}'),

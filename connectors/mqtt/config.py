@@ -540,6 +540,8 @@ class MqttPublisherConfig(BaseModel):
         state_topic: Retained gateway state topic (birth/death); ``{gateway}``.
         asset_state_topic: Retained per-asset state topic; ``{gateway}``, ``{site}``,
             ``{asset}``.
+        gaps_topic: Retained document of the gateway's open data gaps and the most recent
+            closed ones (``{"open": [...], "recent": [...]}``); ``{gateway}``.
         queue_max: Readings buffered while the broker is slow or away [1..10000000]; beyond,
             the oldest are dropped and counted.
         max_outstanding: Messages handed to the client library and not yet written (QoS 0)
@@ -574,6 +576,11 @@ class MqttPublisherConfig(BaseModel):
         min_length=1,
         description="Retained per-asset state",
     )
+    gaps_topic: str = Field(
+        default="ot/_gateway/{gateway}/gaps",
+        min_length=1,
+        description="Retained open and recent data gaps",
+    )
     queue_max: int = Field(
         default=100_000, ge=1, le=10_000_000, description="Readings buffered [count]"
     )
@@ -590,6 +597,7 @@ class MqttPublisherConfig(BaseModel):
             "batch_topic": {"gateway", "site", "asset"},
             "state_topic": {"gateway"},
             "asset_state_topic": {"gateway", "site", "asset"},
+            "gaps_topic": {"gateway"},
         }
         for name, names in allowed.items():
             template = getattr(self, name)

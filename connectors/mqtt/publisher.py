@@ -147,7 +147,8 @@ class MqttPublisher:
         self._outstanding = 0
         self._drained = asyncio.Event()
         self._inventory: Mapping[str, object] = {}
-        self._assets: dict[tuple[str, str], str] = {}
+        self._assets: dict[tuple[str, str], tuple[str, dict[str, object]]] = {}
+        self._documents: dict[str, bytes] = {}
         self._connected = asyncio.Event()
         self._state_topic = render(cfg.state_topic, {"gateway": gateway})
         endpoint_scheme = "mqtts" if cfg.tls is not None else "mqtt"
@@ -198,19 +199,36 @@ class MqttPublisher:
         if added:
             self._wake.set()
 
-    async def set_asset_state(self, site: str, asset: str, state: str) -> None:
+    async def set_asset_state(
+        self, site: str, asset: str, state: str, details: Mapping[str, object] | None = None
+    ) -> None:
         """Publish an asset's connectivity state (retained, QoS 1); kept for reconnects.
 
         Args:
             site: Site id.
             asset: Asset id.
             state: ``online``, ``degraded``, ``offline`` or ``unknown``.
+            details: More JSON-able fields for the message (e.g. ``points_by_state``,
+                ``open_gaps``, ``last_seen``); they cannot override the fields above.
         """
-        self._assets[(site, asset)] = state
+        self._assets[(site, asset)] = (state, dict(details or {}))
         client = self._client
         if client is not None and self.stats.connected:
             with contextlib.suppress(aiomqtt.MqttError):
-                await self._publish_asset(client, site, asset, state)
+                await self._publish_asset(client, site, asset)
+
+    async def set_document(self, topic: str, body: Mapping[str, object]) -> None:
+        """Publish a retained JSON document (QoS 1) on ``topic``; re-sent after reconnects.
+
+        Used for the gateway's gap records (``gaps_topic``). The latest body per topic is
+        kept; while disconnected it is sent on the next connect.
+        """
+        payload = _dumps(dict(body))
+        self._documents[topic] = payload
+        client = self._client
+        if client is not None and self.stats.connected:
+            with contextlib.suppress(aiomqtt.MqttError):
+                await self._publish_retained(client, topic, payload)
 
     async def stop(self, flush_s: float = 5.0) -> None:
         """Stop: flush, publish the retained offline state, disconnect cleanly (no will).
@@ -330,13 +348,18 @@ class MqttPublisher:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), seconds)
 
-    async def _publish_asset(
-        self, client: aiomqtt.Client, site: str, asset: str, state: str
-    ) -> None:
+    async def _publish_asset(self, client: aiomqtt.Client, site: str, asset: str) -> None:
+        state, details = self._assets[(site, asset)]
         topic = render(
             self.cfg.asset_state_topic, {"gateway": self.gateway, "site": site, "asset": asset}
         )
-        body = {"site": site, "asset": asset, "state": state, "time": to_rfc3339(utc_now())}
+        body = {
+            **details,
+            "site": site,
+            "asset": asset,
+            "state": state,
+            "time": to_rfc3339(utc_now()),
+        }
         await self._publish_retained(client, topic, _dumps(body))
 
     async def _publish_retained(self, client: aiomqtt.Client, topic: str, payload: bytes) -> None:
@@ -347,8 +370,10 @@ class MqttPublisher:
     async def _session(self, client: aiomqtt.Client) -> None:
         """Birth, asset states, then readings until stopped. Raises MqttError on link loss."""
         await self._publish_retained(client, self._state_topic, self._state_payload("online"))
-        for (site, asset), state in list(self._assets.items()):
-            await self._publish_asset(client, site, asset, state)
+        for site, asset in list(self._assets):
+            await self._publish_asset(client, site, asset)
+        for topic, payload in list(self._documents.items()):
+            await self._publish_retained(client, topic, payload)
         disconnected: asyncio.Future[None] = client._disconnected
         while True:
             if not self._queue:
