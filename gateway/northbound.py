@@ -10,6 +10,8 @@ Wires `connectors.mqtt.publisher.MqttPublisher` to the runtime:
 * the gateway's open data gaps and the most recent closed ones are one retained document
   (``gaps_topic``, default ``ot/_gateway/{gateway}/gaps``), re-published when they change —
   so a fleet view (`ot-gateway fleet`) knows every site's gaps;
+* coverage per site and asset over the last hour, retained on ``{state_topic}/coverage``,
+  refreshed every `COVERAGE_EVERY_S`;
 * the broker publishes the last will (``offline``, ``connection lost``) when the gateway
   vanishes; a clean stop publishes ``offline``, ``stopped``.
 
@@ -22,20 +24,24 @@ lossless history use an ``influxdb`` sink. Commands arriving on the broker are n
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Sequence
-from datetime import datetime
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from datetime import datetime, timedelta
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from connectors.mqtt.config import MqttPublisherConfig
 from connectors.mqtt.publisher import MqttPublisher
-from gateway.clock import to_rfc3339
+from gateway.clock import monotonic, to_rfc3339
 from gateway.model import Reading
 from inventory.inventory import Inventory
 from inventory.views import Gap
 
 log = logging.getLogger("ot_gateway.northbound")
 
+COVERAGE_WINDOW_S = 3600
+"""Window of the published coverage document [s]; refreshed every `COVERAGE_EVERY_S`."""
+COVERAGE_EVERY_S = 30.0
+"""How often the runtime refreshes the coverage document [s]."""
 MAX_OPEN_GAPS = 1000
 """Open gaps listed in the retained gaps document (oldest first) [count]."""
 MAX_RECENT_GAPS = 100
@@ -88,6 +94,8 @@ class MqttNorthbound:
         self._published: dict[tuple[str, str], object] = {}
         self._gaps_signature: object = None
         self._gaps_topic = cfg.gaps_topic.replace("{gateway}", gateway)
+        self._next_coverage = 0.0
+        self._coverage_topic = cfg.state_topic.replace("{gateway}", gateway) + "/coverage"
 
     @property
     def listener(self) -> Callable[[Sequence[Reading]], None]:
@@ -148,6 +156,54 @@ class MqttNorthbound:
                 "recent": [gap_object(g, now) for g in closed],
             },
         )
+
+    async def refresh_coverage(
+        self,
+        now: datetime,
+        usable_counts: Callable[[datetime], Awaitable[Mapping[str, int]]],
+        monitored_since: datetime,
+    ) -> bool:
+        """Every `COVERAGE_EVERY_S`: publish the retained coverage document (site and asset).
+
+        Covers the last `COVERAGE_WINDOW_S` (never before ``monitored_since``).
+
+        Args:
+            now: Current time (aware UTC).
+            usable_counts: Good/Uncertain readings per point key since a time
+                (`Runtime.usable_counts`, a store query off the event loop).
+            monitored_since: Start of monitoring.
+
+        Returns:
+            True when a document was published by this call.
+        """
+        if monotonic() < self._next_coverage:
+            return False
+        self._next_coverage = monotonic() + COVERAGE_EVERY_S
+        window_start = now - timedelta(seconds=COVERAGE_WINDOW_S)
+        received = await usable_counts(window_start)
+        body: dict[str, object] = {
+            "gateway": self.publisher.gateway,
+            "time": to_rfc3339(now),
+            "window_s": COVERAGE_WINDOW_S,
+        }
+        for group_by in ("site", "asset"):
+            rows = self._inventory.coverage(
+                received,
+                window_start=window_start,
+                now=now,
+                monitored_since=monitored_since,
+                group_by=group_by,
+            )
+            body[group_by] = {
+                r.group: {
+                    "coverage": round(r.coverage, 4),
+                    "expected": r.expected,
+                    "received": r.received,
+                }
+                for r in rows
+            }
+        await self.publisher.set_document(self._coverage_topic, body)
+        return True
 
     async def stop(self) -> None:
         """Flush (bounded), publish the retained ``offline``/``stopped`` state, disconnect."""

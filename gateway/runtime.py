@@ -528,6 +528,9 @@ class Runtime:
             await self._save_gaps(self.inventory.tick(now))
             if self.northbound is not None:
                 await self.northbound.refresh_states(now)
+                await self.northbound.refresh_coverage(
+                    now, self.usable_counts, self.monitored_since
+                )
             if monotonic() >= next_beat:
                 next_beat += HEARTBEAT_S
                 await self.store.set_meta("last_alive", to_rfc3339(now) or "")

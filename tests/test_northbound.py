@@ -154,6 +154,12 @@ def test_readings_birth_asset_state_and_last_will(tmp_path: Path) -> None:
             assert state["state"] == "offline"
             assert state["points_by_state"]["offline"] == 2
 
+            # Coverage per site and asset over the last hour, retained (first one at start).
+            cov = retained(broker.port, "ot/_gateway/gw-north/coverage")
+            assert cov["window_s"] == 3600
+            assert set(cov["site"]) == {"north"}
+            assert 0.0 <= cov["asset"]["north/pump-1"]["coverage"] <= 1.0
+
             # Gap records: the retained gaps document lists the open gaps as the API does.
             def gaps_doc() -> dict[str, Any] | None:
                 doc = sub.last("ot/_gateway/gw-north/gaps")
