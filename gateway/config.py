@@ -613,7 +613,7 @@ def _format_loc(loc: tuple[int | str, ...]) -> str:
     return out or "(top level)"
 
 
-def _format_validation(err: ValidationError, hidden: set[str]) -> list[str]:
+def format_validation(err: ValidationError, hidden: set[str]) -> list[str]:
     """One line per pydantic error; values at `hidden` paths (from the environment) not echoed."""
     lines = []
     for e in err.errors(include_url=False):
@@ -646,7 +646,7 @@ def _format_validation(err: ValidationError, hidden: set[str]) -> list[str]:
     return lines
 
 
-def _expand_env(node: Any, path: str, errors: list[str], hidden: set[str]) -> Any:  # noqa: ANN401
+def expand_env(node: Any, path: str, errors: list[str], hidden: set[str]) -> Any:  # noqa: ANN401
     """Replace ``${NAME}`` in strings from the environment.
 
     Missing names are appended to `errors`; the key paths of replaced values go to `hidden`
@@ -654,11 +654,11 @@ def _expand_env(node: Any, path: str, errors: list[str], hidden: set[str]) -> An
     """
     if isinstance(node, dict):
         return {
-            k: _expand_env(v, f"{path}.{k}" if path else str(k), errors, hidden)
+            k: expand_env(v, f"{path}.{k}" if path else str(k), errors, hidden)
             for k, v in node.items()
         }
     if isinstance(node, list):
-        return [_expand_env(v, f"{path}[{i}]", errors, hidden) for i, v in enumerate(node)]
+        return [expand_env(v, f"{path}[{i}]", errors, hidden) for i, v in enumerate(node)]
     if isinstance(node, str) and "${" in node:
         hidden.add(path)
 
@@ -809,7 +809,7 @@ def parse_config(text: str, source: str = "<config>", base: Path | None = None) 
         raise ConfigError(source, ["(top level): expected a mapping of sections"])
     errors: list[str] = []
     hidden: set[str] = set()
-    raw = _expand_env(raw, "", errors, hidden)
+    raw = expand_env(raw, "", errors, hidden)
     _merge_csv(raw, base or Path.cwd(), errors)
     where = _strip_where(raw)
     if errors:
@@ -817,7 +817,7 @@ def parse_config(text: str, source: str = "<config>", base: Path | None = None) 
     try:
         cfg = GatewayConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(source, _annotate(_format_validation(exc, hidden), where)) from None
+        raise ConfigError(source, _annotate(format_validation(exc, hidden), where)) from None
     ref_errors = _check_references(cfg)
     if ref_errors:
         raise ConfigError(source, _annotate(ref_errors, where))
