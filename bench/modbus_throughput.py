@@ -1,148 +1,209 @@
-"""Modbus polling throughput: simulator in one process, gateway in another, measured from outside.
+"""Modbus polling into the local store: simulator in one process, gateway in another, measured from outside.
 
-For each workload: start the simulator (N devices × R holding registers, uint16 counters), start
-`python -m gateway run` against it, let it warm up, then measure over a window:
-- delivered: readings committed to the store (from /metrics) / expected (points × window / interval)
-- gateway CPU seconds (user+sys from /proc/<pid>/stat) per 1,000 readings
-- gateway peak RSS (VmHWM from /proc/<pid>/status)
+For each workload (D devices × R uint16 holding registers @ interval): start the simulator
+(``ot-gateway simulate``), start the gateway (``ot-gateway run``) polling it, warm up, then
+measure over a window [t0, t0 + W):
 
-Usage: .venv/bin/python bench/modbus_throughput.py [--window 20] [--only NAME]
+- delivered: usable readings in the store file with source time in the window / expected,
+  where a point's expected count is the number of poll cycles between its first and last
+  reading in the window (round((last − first) / interval) + 1) — exact, independent of where
+  the window edges fall; a point with no reading expects W / interval;
+- readings/s: rows with source time in the window / W;
+- gateway CPU seconds (user+sys, /proc/<pid>/stat) per 1,000 readings committed in the window
+  (row ids, AUTOINCREMENT), gateway CPU share, peak RSS (VmHWM);
+- latency from source time (the response's arrival) to commit, seen by polling the store file
+  every 50 ms (`common.CommitWatcher`): p50 / p99;
+- poll jitter: per device, the differences between consecutive acquisition times of its first
+  register minus the interval: p99 of |error| and the share of cycles within ±0.5 period
+  (RELIABILITY §7.4 L1); overruns counted by the gateway (/metrics).
+
+Usage: .venv/bin/python bench/modbus_throughput.py [--window 20] [--runs 1] [--only NAME]
 Prints a Markdown table (paste into docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import re
-import signal
-import subprocess
+import itertools
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-import yaml
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
+from common import (
+    CommitWatcher,
+    cpu_seconds,
+    log,
+    max_id,
+    metric_sum,
+    mmm,
+    pct,
+    point_ids,
+    point_spans,
+    series,
+    start_gateway,
+    start_simulator,
+    status_mb,
+    stop,
+    table,
+    thread_cpu,
+    threads_share,
+    wait_store,
+)
+
 WORKLOADS: dict[str, tuple[int, int, float]] = {
     # name: (devices, registers per device, poll interval [s])
-    "1 device x 125 registers @ 0.05 s": (1, 125, 0.05),
-    "1 device x 125 registers @ 0.02 s": (1, 125, 0.02),
     "1 device x 125 registers @ 0.01 s": (1, 125, 0.01),
     "10 devices x 100 registers @ 1 s": (10, 100, 1.0),
     "100 devices x 10 registers @ 1 s": (100, 10, 1.0),
+    "50 devices x 200 registers @ 1 s": (50, 200, 1.0),
     "100 devices x 100 registers @ 1 s": (100, 100, 1.0),
     "500 devices x 30 registers @ 1 s": (500, 30, 1.0),
     "1000 devices x 50 registers @ 1 s": (1000, 50, 1.0),
 }
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
-
-
-def peak_rss_mb(pid: int) -> float:
-    m = re.search(r"VmHWM:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text())
-    return int(m.group(1)) / 1024 if m else float("nan")
-
-
-def committed(url: str) -> float:
-    text = httpx.get(url + "/metrics", timeout=10).text
-    m = re.search(r"^otgw_readings_committed_total (\S+)$", text, re.M)
-    return float(m.group(1)) if m else 0.0
-
-
-def wait_file(path: Path, proc: subprocess.Popen[bytes], timeout: float) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"process exited {proc.returncode}")
-        if path.exists() and path.read_text().strip():
-            data: dict[str, Any] = json.loads(path.read_text())
-            return data
-        time.sleep(0.1)
-    raise RuntimeError(f"{path} not written within {timeout} s")
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-
-
-def run_workload(devices: int, registers: int, interval: float, window: float, work: Path) -> dict[str, float]:
-    profile = {"seed": 1, "devices": [
+def sim_profile(devices: int, registers: int) -> dict[str, Any]:
+    """D devices on free loopback ports, each R uint16 counters from holding address 0."""
+    return {"seed": 1, "devices": [
         {"id": f"d{i}", "host": "127.0.0.1", "port": 0, "unit_ids": [1], "faults": [],
          "registers": [{"table": "holding", "address": a, "type": "uint16",
                         "signal": {"kind": "counter", "period": 1}} for a in range(registers)]}
         for i in range(devices)]}
-    (work / "sim.yaml").write_text(yaml.safe_dump(profile))
-    sim = subprocess.Popen([sys.executable, "-m", "simulator", "-c", str(work / "sim.yaml"),
-                            "--ready-file", str(work / "sim-ready.json")],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    gw: subprocess.Popen[bytes] | None = None
+
+
+def gateway_config(ports: dict[str, Any], devices: int, registers: int, interval: float,
+                   data: Path) -> dict[str, Any]:
+    """One asset per device, one point per register, no sink."""
+    return {
+        "gateway": {"data_dir": str(data)},
+        "api": {"host": "127.0.0.1", "port": 0},
+        "devices": [{"id": f"d{i}", "host": "127.0.0.1", "port": ports[f"d{i}"]["port"],
+                     "poll_interval": interval, "timeout": min(1.0, interval / 2)}
+                    for i in range(devices)],
+        "sites": [{"id": "bench", "assets": [
+            {"id": f"a{i}", "points": [
+                {"id": f"p{a}", "device": f"d{i}", "register": "holding", "address": a}
+                for a in range(registers)]}
+            for i in range(devices)]}],
+    }
+
+
+def measure(devices: int, registers: int, interval: float, window: float, work: Path,
+            warmup: float = 5.0, profile_to: Path | None = None) -> dict[str, float]:
+    """One run of one workload; see the module docstring for the figures."""
+    sim, ready = start_simulator(sim_profile(devices, registers), work, timeout=300)
+    gw = None
     try:
-        ports = wait_file(work / "sim-ready.json", sim, 60)["devices"]
-        timeout = min(1.0, interval / 2)
-        cfg = {
-            "gateway": {"data_dir": str(work / "data")},
-            "api": {"port": 0},
-            "devices": [{"id": f"d{i}", "host": "127.0.0.1", "port": ports[f"d{i}"]["port"],
-                         "poll_interval": interval, "timeout": timeout} for i in range(devices)],
-            "sites": [{"id": "bench", "assets": [
-                {"id": f"a{i}", "points": [
-                    {"id": f"p{a}", "device": f"d{i}", "register": "holding", "address": a}
-                    for a in range(registers)]}
-                for i in range(devices)]}],
-        }
-        (work / "gw.yaml").write_text(yaml.safe_dump(cfg))
-        gw = subprocess.Popen([sys.executable, "-m", "gateway", "run", "-c", str(work / "gw.yaml"),
-                               "--ready-file", str(work / "gw-ready.json"), "--log-level", "warning"],
-                              stdout=subprocess.DEVNULL, stderr=open(work / "gw.log", "wb"))
-        url = f"http://127.0.0.1:{wait_file(work / 'gw-ready.json', gw, 60)['api_port']}"
-        time.sleep(5)  # warm-up: connects, first polls, page cache
-        n0, c0, t0 = committed(url), cpu_seconds(gw.pid), time.monotonic()
+        data = work / "data"
+        gw, url = start_gateway(gateway_config(ready["devices"], devices, registers, interval, data),
+                                work, timeout=300)
+        watcher = CommitWatcher(data / "gateway.db", sample_every=max(1, devices * registers // 2000))
+        watcher.start()
+        time.sleep(warmup)  # connects, first polls, page cache
+        t0_ns = time.time_ns()
+        watcher.since_ns = t0_ns
+        watcher.until_ns = t0_ns + int(window * 1e9)
+        conn = wait_store(data / "gateway.db")
+        over0 = metric_sum(url, "otgw_overruns_total")
+        n0, c0, m0 = max_id(conn), cpu_seconds(gw.pid), time.monotonic()
+        th0 = thread_cpu(gw.pid)
+        profiler = None
+        if profile_to is not None:
+            from profile_gateway import start_profile
+            profiler = start_profile(gw.pid, window, profile_to)
         time.sleep(window)
-        n1, c1, t1 = committed(url), cpu_seconds(gw.pid), time.monotonic()
-        rss = peak_rss_mb(gw.pid)
+        n1, c1, m1 = max_id(conn), cpu_seconds(gw.pid), time.monotonic()
+        th1 = thread_cpu(gw.pid)
+        over1 = metric_sum(url, "otgw_overruns_total")
+        rss = status_mb(gw.pid, "VmHWM")
+        if profiler is not None:
+            profiler.wait(60)
+        time.sleep(min(3.0, 2 * interval + 1))  # let the window's last readings commit
+        watcher.stop()
+        stop(gw)
+        gw = None
+        t1_ns = t0_ns + int(window * 1e9)
+        spans = point_spans(conn, t0_ns, t1_ns)
+        seen = {pid for pid, *_ in spans}
         points = devices * registers
-        expected = points * (t1 - t0) / interval
-        got = n1 - n0
+        expected = sum(round((last - first) / 1e9 / interval) + 1 for _, _, first, last in spans)
+        expected += (points - len(seen)) * round(window / interval)
+        usable = sum(n for _, n, _, _ in spans)
+        rows = conn.execute("SELECT count(*) FROM readings WHERE ts_ns >= ? AND ts_ns < ?",
+                            (t0_ns, t1_ns)).fetchone()[0]
+        firsts = point_ids(conn, "bench/%/p0")
+        errors: list[float] = []
+        for ts in series(conn, firsts, t0_ns, t1_ns).values():
+            errors.extend(abs((b - a) / 1e9 - interval) for a, b in itertools.pairwise(ts))
+        conn.close()
+        committed = n1 - n0
         return {
-            "points": points, "rate": points / interval, "delivered": got / expected,
-            "readings_s": got / (t1 - t0), "cpu_per_1k": (c1 - c0) / max(got, 1) * 1000,
-            "cpu_frac": (c1 - c0) / (t1 - t0), "rss_mb": rss,
+            "points": points, "rate": points / interval,
+            "delivered": usable / expected if expected else float("nan"),
+            "lost": expected - usable,
+            "readings_s": rows / window,
+            "cpu_per_1k": (c1 - c0) / max(committed, 1) * 1000,
+            "cpu_frac": (c1 - c0) / (m1 - m0), "rss_mb": rss,
+            "lat_p50": pct(watcher.latencies, 0.5), "lat_p99": pct(watcher.latencies, 0.99),
+            "jitter_p99": pct(errors, 0.99),
+            "on_time": sum(e <= interval / 2 for e in errors) / len(errors) if errors else float("nan"),
+            "overruns": over1 - over0,
+            "threads": threads_share(gw.pid, th0, th1, m1 - m0),
         }
     finally:
-        if gw is not None:
-            stop(gw)
+        stop(gw)
         stop(sim)
 
 
+def run_workload(devices: int, registers: int, interval: float, window: float,
+                 warmup: float = 5.0, profile_to: Path | None = None) -> dict[str, float]:
+    """`measure` in a fresh temporary directory."""
+    with tempfile.TemporaryDirectory(prefix="otgw-bench-") as tmp:
+        return measure(devices, registers, interval, window, Path(tmp), warmup, profile_to)
+
+
+HEADER = ["workload", "expected readings/s", "delivered", "readings/s", "CPU-s per 1,000",
+          "gateway CPU", "peak RSS", "latency p50 / p99", "jitter p99", "polls within ±½ period",
+          "overruns"]
+
+
+def row(name: str, runs: list[dict[str, float]]) -> list[str]:
+    """One table row: min / median / max over runs."""
+    def col(key: str) -> list[float]:
+        return [r[key] for r in runs]
+    return [
+        name, f"{runs[0]['rate']:,.0f}", mmm([v * 100 for v in col("delivered")], "{:.2f}", " %"),
+        mmm(col("readings_s"), "{:,.0f}"), mmm(col("cpu_per_1k"), "{:.4f}"),
+        mmm([v * 100 for v in col("cpu_frac")], "{:.0f}", " %"), mmm(col("rss_mb"), "{:.0f}", " MB"),
+        f"{mmm([v * 1000 for v in col('lat_p50')], '{:.0f}')} / "
+        f"{mmm([v * 1000 for v in col('lat_p99')], '{:.0f}')} ms",
+        mmm([v * 1000 for v in col("jitter_p99")], "{:.0f}", " ms"),
+        mmm([v * 100 for v in col("on_time")], "{:.1f}", " %"),
+        mmm(col("overruns"), "{:.0f}"),
+    ]
+
+
 def main() -> int:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--window", type=float, default=20.0, help="measurement window [s]")
+    parser.add_argument("--runs", type=int, default=1, help="runs per workload")
     parser.add_argument("--only", default=None, help="substring of a workload name")
     args = parser.parse_args()
-    print(f"machine: {os.cpu_count()} cores; window {args.window:g} s after 5 s warm-up\n")
-    print("| workload | expected readings/s | delivered | readings/s | gateway CPU-s per 1,000 | gateway CPU | peak RSS |")
-    print("|---|---|---|---|---|---|---|")
+    rows = []
     for name, (devices, registers, interval) in WORKLOADS.items():
         if args.only and args.only not in name:
             continue
-        with tempfile.TemporaryDirectory(prefix="otgw-bench-") as tmp:
-            r = run_workload(devices, registers, interval, args.window, Path(tmp))
-        print(f"| {name} | {r['rate']:,.0f} | {r['delivered'] * 100:.1f} % | {r['readings_s']:,.0f} | "
-              f"{r['cpu_per_1k']:.4f} | {r['cpu_frac'] * 100:.0f} % | {r['rss_mb']:.0f} MB |", flush=True)
+        runs = []
+        for i in range(args.runs):
+            log(f"modbus {name}: run {i + 1}/{args.runs}")
+            runs.append(run_workload(devices, registers, interval, args.window))
+        rows.append(row(name, runs))
+        print(table(HEADER, rows[-1:]) if len(rows) == 1 else "| " + " | ".join(rows[-1]) + " |",
+              flush=True)
     return 0
 
 
