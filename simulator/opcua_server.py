@@ -16,6 +16,14 @@ now. Faults:
 - ``status``: the variables report the given StatusCode (and no value with ``null_value``);
 - ``clock_skew``: SourceTimestamps shifted by ``offset`` s, or MinDateTime, or absent (R23).
 
+Client writes (Write service, Value attribute) are checked as a device would: a variable not
+marked ``writable`` answers ``BadNotWritable``, a Variant of another type than the variable's
+``BadTypeMismatch``, a number outside the variable's ``eu_range`` ``BadOutOfRange``. An
+accepted value gets SourceTimestamp = now and overrides the signal from then on (until the
+server restarts). Every Write request and value is counted (``client_write_requests``,
+``client_values_written``, ``client_writes_refused``), so tests can prove that no write
+reached the server.
+
 The server announces its OperationLimits and enforces them: a Read, CreateMonitoredItems,
 Browse or TranslateBrowsePathsToNodeIds with more operations than the limit gets a service
 fault ``BadTooManyOperations`` (R22). Requests are counted for the stats file.
@@ -167,6 +175,10 @@ class OpcUaStats:
         browses: Browse requests; ``translates``: TranslateBrowsePathsToNodeIds requests.
         too_many_operations: Requests refused with BadTooManyOperations.
         writes: Values written by the simulator (data changes produced).
+        client_write_requests: Write requests received from clients.
+        client_values_written: Values of client Writes accepted.
+        client_writes_refused: Values of client Writes refused (not writable, wrong type,
+            out of range).
     """
 
     restarts: int = 0
@@ -185,6 +197,9 @@ class OpcUaStats:
     translates: int = 0
     too_many_operations: int = 0
     writes: int = 0
+    client_write_requests: int = 0
+    client_values_written: int = 0
+    client_writes_refused: int = 0
 
 
 class _Users(UserManager):
@@ -266,6 +281,33 @@ class _Session(InternalSession):
         self.device.stats.subscriptions_created += 1
         return await super().create_subscription(params, callback, request_callback)
 
+    async def write(self, params: ua.WriteParameters) -> list[ua.StatusCode]:
+        device = self.device
+        stats = device.stats
+        stats.client_write_requests += 1
+        results: list[ua.StatusCode | None] = []
+        accepted: list[ua.WriteValue] = []
+        for item in params.NodesToWrite:
+            code, value = device.check_write(item)
+            if code is not None:
+                stats.client_writes_refused += 1
+                results.append(ua.StatusCode(ua.UInt32(code)))
+                continue
+            accepted.append(value)
+            results.append(None)
+        written = iter(
+            await super().write(ua.WriteParameters(NodesToWrite=accepted)) if accepted else []
+        )
+        out: list[ua.StatusCode] = []
+        for item, result in zip(params.NodesToWrite, results, strict=True):
+            if result is None:
+                result = next(written)
+                if result.is_good():
+                    stats.client_values_written += 1
+                    device.overridden(item.NodeId)
+            out.append(result)
+        return out
+
     async def browse(self, params: ua.BrowseParameters) -> list[ua.BrowseResult]:
         self.device.stats.browses += 1
         self._limit("max_nodes_per_browse", len(params.NodesToBrowse))
@@ -309,6 +351,7 @@ class _Variable:
     variant_type: ua.VariantType
     fn: SignalFn
     last: tuple[object, int, str] | None = None  # (value, status, timestamp mode) written
+    override: bool = False  # a client wrote the value: the signal no longer drives it
 
 
 def _policy_type(name: str) -> ua.SecurityPolicyType:
@@ -342,6 +385,7 @@ class OpcUaDevice:
         self._server: Server | None = None
         self._next: Server | None = None  # built while the server is down
         self._variables: list[_Variable] = []
+        self._by_node: dict[ua.NodeId, _Variable] = {}
         self._updater: asyncio.Task[None] | None = None
         self._stopped = False
         self._building: asyncio.Task[Server] | None = None
@@ -463,6 +507,59 @@ class OpcUaDevice:
                 await node.add_property(ns, "EURange", ua.Range(low, high))
             variables.append(_Variable(var, node_id, vtype, fn))
         self._variables = variables
+        self._by_node = {v.node_id: v for v in variables}
+
+    # -- client writes ------------------------------------------------------------------------
+
+    def check_write(self, item: ua.WriteValue) -> tuple[int | None, ua.WriteValue]:
+        """Check a client's WriteValue against the variable it targets.
+
+        Returns:
+            ``(refusal, item)``: a StatusCode to answer with (BadNotWritable, BadTypeMismatch,
+            BadOutOfRange) and the item, or ``(None, item)`` with the value to store
+            (SourceTimestamp and ServerTimestamp set to now, status Good). Items for other
+            nodes or attributes pass unchanged (asyncua answers them).
+        """
+        var = self._by_node.get(item.NodeId)
+        if var is None or item.AttributeId != AttributeIds.Value:
+            return None, item
+        cfg = var.cfg
+        if not cfg.writable:
+            return StatusCodes.BadNotWritable, item
+        variant = item.Value.Value if item.Value is not None else None
+        if (
+            variant is None
+            or variant.VariantType != var.variant_type
+            or bool(cfg.array) != bool(variant.is_array or isinstance(variant.Value, list))
+        ):
+            return StatusCodes.BadTypeMismatch, item
+        value = variant.Value
+        if (
+            cfg.eu_range is not None
+            and isinstance(value, int | float)
+            and not isinstance(value, bool)
+            and not cfg.eu_range[0] <= value <= cfg.eu_range[1]
+        ):
+            return StatusCodes.BadOutOfRange, item
+        now = datetime.now(UTC)
+        stored = ua.DataValue(
+            variant,
+            StatusCode=ua.StatusCode(ua.UInt32(0)),
+            SourceTimestamp=cast("ua.DateTime", now),
+            ServerTimestamp=cast("ua.DateTime", now),
+        )
+        return None, ua.WriteValue(
+            NodeId=item.NodeId,
+            AttributeId=item.AttributeId,
+            IndexRange=item.IndexRange,
+            Value=stored,
+        )
+
+    def overridden(self, node_id: ua.NodeId) -> None:
+        """A client write was stored: the variable's signal no longer drives it."""
+        var = self._by_node.get(node_id)
+        if var is not None:
+            var.override = True
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -566,6 +663,8 @@ class OpcUaDevice:
         wall = time.time()
         now_dt = datetime.fromtimestamp(wall, UTC)
         for var in self._variables:
+            if var.override:
+                continue
             cfg = var.cfg
             status, null_value, skew = self._overrides(cfg.name)
             value = convert(var.fn(t), cfg.type, cfg.scale)
@@ -693,6 +792,9 @@ class OpcUaDevice:
             "translates": s.translates,
             "too_many_operations": s.too_many_operations,
             "writes": s.writes,
+            "client_write_requests": s.client_write_requests,
+            "client_values_written": s.client_values_written,
+            "client_writes_refused": s.client_writes_refused,
             "active_faults": sorted(a.fault.kind for a in self.faults.active.values()),
         }
 

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from asyncua import ua
 
 from connectors.base import ConnectError
-from connectors.opcua.browse import browse, render_points_yaml
+from connectors.opcua.browse import browse, render_points_yaml, unece_code, unit_text
 from connectors.opcua.certs import generate_self_signed
 from connectors.opcua.config import OpcUaAddress, OpcUaDeviceConfig
 from connectors.opcua.connector import OpcUaConnector
@@ -51,6 +52,13 @@ async def test_browse_lists_variables_with_types_access_and_paths(tmp_path: Path
     assert by_path["2:opc/2:Line/2:Counter"]["data_type"] == "UInt32"
     assert by_path["2:opc/2:Setpoint"]["access"] == "read_write"
     assert by_path["2:opc/2:Vector"]["supported"] is False
+    # units, ranges and value types for the config entries
+    assert (temp["unit"], temp["eu_range"], temp["value_type"]) == ("Cel", [0.0, 200.0], "number")
+    assert temp["sample"] == "80.0"
+    assert by_path["2:opc/2:Boiler1/2:Pressure"]["unit"] == "bar"
+    assert by_path["2:opc/2:Boiler2/2:Temp"]["unit"] is None
+    assert by_path["2:opc/2:Vector"]["value_type"] == "unsupported"
+    assert by_path["2:opc/2:Vector"]["sample"] is None
     assert stats["too_many_operations"] == 0  # chunked to 2 nodes per Browse, 4 per Read
     assert stats["max_nodes_per_read_call"] <= 4
 
@@ -66,12 +74,17 @@ async def test_browse_filters_depth_and_start_node(tmp_path: Path) -> None:
         )
         by_id = await browse(ep, pattern="ns=2;i=7001", insecure=True)
         limited = await browse(ep, limit=2, insecure=True)
+        bounded = await browse(ep, max_nodes=3, insecure=True)  # opc, Boiler1, Boiler2
+        excluded = await browse(ep, exclude=["ns=2;s=Setpoint", "ns=2;i=7001"], insecure=True)
     assert [v["node_id"] for v in temps] == ["ns=2;s=Boiler1.Temp", "ns=2;s=Boiler2.Temp"]
     assert [v["browse_path"] for v in shallow] == ["2:opc/2:Setpoint", "2:opc/2:Vector"]
     assert [v["browse_path"] for v in boiler1] == ["2:Pressure", "2:Temp"]
     assert [v["node_id"] for v in by_uri] == ["ns=2;i=7001"]
     assert [v["display_name"] for v in by_id] == ["Counter"]
     assert len(limited) == 2
+    assert bounded == []  # the walk stopped before reaching a variable
+    assert {v["node_id"] for v in excluded} & {"ns=2;s=Setpoint", "ns=2;i=7001"} == set()
+    assert len(excluded) == 4
 
 
 async def test_browse_refuses_policy_none_without_insecure(tmp_path: Path) -> None:
@@ -120,3 +133,27 @@ async def test_rendered_yaml_is_valid_config_and_resolves(tmp_path: Path) -> Non
     assert all(s.quality == 0 for s in flat(batches))
     poll = yaml.safe_load(render_points_yaml(found[:1], "d", mode="poll"))
     assert poll[0]["mode"] == "poll"
+
+
+@pytest.mark.parametrize(
+    ("unit_id", "display", "expected"),
+    [
+        (int.from_bytes(b"CEL", "big"), "degC", "Cel"),  # UNECE code mapped to UCUM
+        (int.from_bytes(b"KWH", "big"), "kWh", "kW.h"),
+        (int.from_bytes(b"P1", "big"), "percent", "%"),
+        (-1, "bar", "bar"),  # no code: the display name
+        (int.from_bytes(b"ZZZ", "big"), "widgets/h", "widgets/h"),
+        (-1, "", None),
+        (-1, "x" * 33, None),  # too long for a unit code
+    ],
+)
+def test_unit_text_from_engineering_units(unit_id: int, display: str, expected: str | None) -> None:
+    info = ua.EUInformation(
+        NamespaceUri="http://www.opcfoundation.org/UA/units/un/cefact",
+        UnitId=unit_id,
+        DisplayName=ua.LocalizedText(display),
+    )
+    assert unit_text(info) == expected
+    assert unit_text(None) is None
+    assert unece_code(int.from_bytes(b"CEL", "big")) == "CEL"
+    assert unece_code(-1) == ""

@@ -1,4 +1,5 @@
-"""Pure DataValue decoding (connectors.opcua.codec), with hypothesis: R21, R23, B3, B9, B11."""
+"""Pure DataValue decoding and Variant encoding (connectors.opcua.codec), with hypothesis:
+R21, R23, B3, B9, B11; write-back encoding (M9-M11)."""
 
 from __future__ import annotations
 
@@ -12,13 +13,17 @@ from hypothesis import strategies as st
 
 from connectors.opcua.codec import (
     BAD_NO_DATA,
+    ENCODABLE,
     MIN_SOURCE_TIME,
+    EncodeError,
     ValueKind,
     decode,
+    encode,
     kind_of,
     plausible,
     source_time,
     status_name,
+    variant_text,
 )
 from gateway.quality import Q, is_bad
 
@@ -292,3 +297,83 @@ def test_status_name() -> None:
     assert status_name(0x40900000) == "UncertainLastUsableValue"
     assert status_name(0x00960400) == "GoodLocalOverride"  # info bits ignored
     assert status_name(0x81230000) == "0x81230000"
+
+
+# ---------------------------------------------------------------------------------------------
+# Encoding for write-back.
+
+
+@given(st.sampled_from(sorted(INT_RANGES, key=int)), st.integers(-(2**65), 2**65))
+def test_integer_encoding_fits_or_refuses(vtype: ua.VariantType, raw: int) -> None:
+    low, high = INT_RANGES[vtype]
+    if low <= raw <= high:
+        variant = encode(raw, vtype)
+        assert (variant.Value, variant.VariantType) == (raw, vtype)
+        # round trip: what was encoded decodes to the same value
+        assert decode(ua.DataValue(variant), ValueKind.NUMBER, NOW).value == raw
+    else:
+        with pytest.raises(EncodeError, match="outside"):
+            encode(raw, vtype)
+
+
+@pytest.mark.parametrize(
+    ("raw", "vtype", "value"),
+    [
+        (13.000000000000002, VT.Int16, 13),  # inverse-scaling noise
+        (-2.0, VT.SByte, -2),
+        (1, VT.Boolean, True),
+        (0.0, VT.Boolean, False),
+        (True, VT.Boolean, True),
+        (3, VT.Double, 3.0),
+        (12.5, VT.Float, 12.5),
+        ("on", VT.String, "on"),
+        ("", VT.String, ""),
+    ],
+)
+def test_encodes(raw: object, vtype: ua.VariantType, value: object) -> None:
+    variant = encode(raw, vtype)
+    assert variant.Value == value
+    assert type(variant.Value) is type(value)
+    assert variant.VariantType == vtype
+
+
+@pytest.mark.parametrize(
+    ("raw", "vtype", "reason"),
+    [
+        (12.5, VT.Int32, "not an integer"),
+        (True, VT.Int32, "not a number"),
+        ("12", VT.Double, "not a number"),
+        (None, VT.Double, "not a number"),
+        (math.nan, VT.Double, "not finite"),
+        (math.inf, VT.Float, "not finite"),
+        (math.inf, VT.UInt16, "not finite"),
+        (3.5e38, VT.Float, "outside the Float range"),
+        (2, VT.Boolean, "not a Boolean"),
+        ("true", VT.Boolean, "not a Boolean"),
+        (5, VT.String, "not a string"),
+        ("2026-03-01T12:00:00", VT.DateTime, "no UTC offset"),
+        ("yesterday", VT.DateTime, "not an RFC 3339"),
+        (b"\x00", VT.ByteString, "not supported"),
+    ],
+)
+def test_refuses_values_that_do_not_fit(raw: object, vtype: ua.VariantType, reason: str) -> None:
+    with pytest.raises(EncodeError, match=reason):
+        encode(raw, vtype)
+
+
+def test_datetime_localized_text_and_text_forms() -> None:
+    when = encode("2026-03-01T12:00:00Z", VT.DateTime)
+    assert when.Value == NOW
+    assert variant_text(when) == "DateTime 2026-03-01T12:00:00.000000Z"
+    text = encode("Pump 7", VT.LocalizedText)
+    assert variant_text(text) == 'LocalizedText "Pump 7"'
+    assert variant_text(encode(12.5, VT.Float)) == "Float 12.5"
+    assert variant_text(encode(False, VT.Boolean)) == "Boolean false"
+    assert VT.ByteString not in ENCODABLE
+
+
+@given(st.floats(allow_nan=False, allow_infinity=False, width=32))
+def test_float_round_trip(raw: float) -> None:
+    variant = encode(raw, VT.Float)
+    decoded = decode(ua.DataValue(variant), ValueKind.NUMBER, NOW)
+    assert decoded.value == raw

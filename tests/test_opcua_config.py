@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from connectors.opcua.config import (
     OpcUaAddress,
     OpcUaDeviceConfig,
+    OpcUaDiscovery,
     SecurityPolicy,
     parse_browse_path,
     parse_node_id,
@@ -168,8 +169,43 @@ def test_device_ranges(field: str, value: float) -> None:
 
 
 def test_every_value_field_documents_unit_or_range() -> None:
-    for model in (OpcUaDeviceConfig, OpcUaAddress):
+    for model in (OpcUaDeviceConfig, OpcUaAddress, OpcUaDiscovery):
         for name, info in model.model_fields.items():
             assert info.description, f"{model.__name__}.{name} has no description"
             if info.annotation in (float, float | None):
                 assert "[" in info.description, f"{model.__name__}.{name}: no unit/range"
+
+
+def test_discovery_is_on_by_default_and_bounded() -> None:
+    device = OpcUaDeviceConfig(id="d", endpoint="opc.tcp://plc", **SECURE)
+    assert device.discover == OpcUaDiscovery()
+    assert (device.discover.enabled, device.discover.start, device.discover.depth) == (
+        True, "i=85", 5,
+    )
+    assert (device.discover.max_nodes, device.discover.timeout) == (10_000, 30.0)
+    off = OpcUaDeviceConfig(id="d", endpoint="opc.tcp://plc", **SECURE, discover=False)
+    assert off.discover.enabled is False
+    custom = OpcUaDeviceConfig(
+        id="d", endpoint="opc.tcp://plc", **SECURE,
+        discover={"start": "nsu=urn:plant;s=Line1", "depth": 3, "interval": 600},
+    )
+    assert (custom.discover.start, custom.discover.depth, custom.discover.interval) == (
+        "nsu=urn:plant;s=Line1", 3, 600.0,
+    )
+
+
+@pytest.mark.parametrize(
+    ("discover", "key"),
+    [({"start": "Objects"}, "start"), ({"depth": 0}, "depth"), ({"max_nodes": 0}, "max_nodes"),
+     ({"timeout": 0}, "timeout"), ({"interval": 5}, "interval"), ({"depht": 2}, "depht")],
+)
+def test_discovery_errors_name_the_key(discover: dict[str, object], key: str) -> None:
+    from gateway.config import ConfigError, parse_config
+
+    text = (
+        "devices:\n  - {id: o, protocol: opcua, endpoint: 'opc.tcp://h', security_policy: None,"
+        f" insecure: true, discover: {discover!r}}}\n"
+    ).replace("'", '"')
+    with pytest.raises(ConfigError) as info:
+        parse_config(text)
+    assert f"devices[0].discover.{key}" in str(info.value)

@@ -556,7 +556,7 @@ async def test_password_only_over_encrypted_channel_and_never_logged(
     with start_simulator(profile(none_only), tmp_path / "none") as sim:
         # 2. Even a config built around the validator never sends them over None.
         bypass = OpcUaDeviceConfig.model_construct(
-            **{**insecure_device(sim).model_dump(), "username": "operator", "password": secret}
+            **{**dict(insecure_device(sim)), "username": "operator", "password": secret}
         )
         with pytest.raises(ConnectError, match="credentials"):
             async with OpcUaConnector(bypass, [point("s/a/c", "C")]):

@@ -33,6 +33,7 @@ Part 6 §5.2.2.17 (DataValue encoding: absent fields), Part 3 §8.29.x (built-in
 
 from __future__ import annotations
 
+import json
 import math
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -289,3 +290,162 @@ def status_name(code: int) -> str:
     """
     entry = status_codes.code_to_name_doc.get(code & 0xFFFF0000)
     return entry[0] if entry is not None else f"0x{code:08X}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Encoding (write-back).
+
+
+class EncodeError(ValueError):
+    """A value does not fit the node's type; nothing may be sent."""
+
+
+FLOAT32_MAX = 3.4028234663852886e38
+"""Largest finite IEEE 754 single-precision value (OPC UA Float)."""
+
+INTEGER_TOLERANCE = 1e-6
+"""A float within this [relative, at least absolute 1e-6] of an integer counts as that integer
+for an integer node (inverse scaling leaves noise such as 13.000000000000002)."""
+
+_INT_RANGES: dict[ua.VariantType, tuple[int, int]] = {
+    ua.VariantType.SByte: (-(2**7), 2**7 - 1),
+    ua.VariantType.Byte: (0, 2**8 - 1),
+    ua.VariantType.Int16: (-(2**15), 2**15 - 1),
+    ua.VariantType.UInt16: (0, 2**16 - 1),
+    ua.VariantType.Int32: (-(2**31), 2**31 - 1),
+    ua.VariantType.UInt32: (0, 2**32 - 1),
+    ua.VariantType.Int64: (-(2**63), 2**63 - 1),
+    ua.VariantType.UInt64: (0, 2**64 - 1),
+}
+ENCODABLE: frozenset[ua.VariantType] = frozenset(
+    {
+        ua.VariantType.Boolean,
+        *_INT_RANGES,
+        ua.VariantType.Float,
+        ua.VariantType.Double,
+        ua.VariantType.String,
+        ua.VariantType.LocalizedText,
+        ua.VariantType.DateTime,
+    }
+)
+"""Built-in types `encode` can write (scalars)."""
+
+
+def _integer(raw: object, vtype: ua.VariantType) -> int:
+    low, high = _INT_RANGES[vtype]
+    if isinstance(raw, bool) or not isinstance(raw, int | float):
+        msg = f"{type(raw).__name__} {raw!r} is not a number ({vtype.name})"
+        raise EncodeError(msg)
+    if isinstance(raw, float):
+        if not math.isfinite(raw):
+            msg = f"{raw!r} is not finite ({vtype.name})"
+            raise EncodeError(msg)
+        nearest = round(raw)
+        if abs(raw - nearest) > INTEGER_TOLERANCE * max(1.0, abs(raw)):
+            msg = f"{raw!r} is not an integer ({vtype.name})"
+            raise EncodeError(msg)
+        raw = int(nearest)
+    if not low <= raw <= high:
+        msg = f"{raw} is outside {vtype.name} [{low}..{high}]"
+        raise EncodeError(msg)
+    return raw
+
+
+def _floating(raw: object, vtype: ua.VariantType) -> float:
+    if isinstance(raw, bool) or not isinstance(raw, int | float):
+        msg = f"{type(raw).__name__} {raw!r} is not a number ({vtype.name})"
+        raise EncodeError(msg)
+    number = float(raw)
+    if not math.isfinite(number):
+        msg = f"{raw!r} is not finite ({vtype.name})"
+        raise EncodeError(msg)
+    if vtype == ua.VariantType.Float and abs(number) > FLOAT32_MAX:
+        msg = f"{raw!r} is outside the Float range (±{FLOAT32_MAX:.7g})"
+        raise EncodeError(msg)
+    return number
+
+
+def _boolean(raw: object) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    if isinstance(raw, int | float) and raw in (0, 1):
+        return bool(raw)
+    msg = f"{type(raw).__name__} {raw!r} is not a Boolean (true/false, 0/1)"
+    raise EncodeError(msg)
+
+
+def _datetime(raw: object) -> datetime:
+    if isinstance(raw, datetime):
+        when = raw
+    elif isinstance(raw, str):
+        try:
+            when = datetime.fromisoformat(raw.strip().replace("Z", "+00:00"))
+        except ValueError:
+            msg = f"{raw!r} is not an RFC 3339 date-time (DateTime)"
+            raise EncodeError(msg) from None
+    else:
+        msg = f"{type(raw).__name__} {raw!r} is not a date-time (DateTime)"
+        raise EncodeError(msg)
+    if when.tzinfo is None:
+        msg = f"{raw!r} has no UTC offset (DateTime needs one, e.g. Z)"
+        raise EncodeError(msg)
+    return when.astimezone(UTC)
+
+
+def encode(raw: object, vtype: ua.VariantType) -> ua.Variant:
+    """Build the scalar Variant of type ``vtype`` for ``raw``, or refuse it.
+
+    Args:
+        raw: The value to write, already in the device's units: bool, int, float or str
+            (an RFC 3339 text or aware datetime for DateTime).
+        vtype: The built-in type of the node's DataType (see `ENCODABLE`).
+
+    Returns:
+        ``Variant(value, vtype)``; integers from floats within `INTEGER_TOLERANCE` are rounded.
+
+    Raises:
+        EncodeError: ``raw`` does not fit: wrong kind (a string for a number, a bool for an
+            integer), not an integer, out of the type's range, NaN/±Inf, a Float beyond
+            ±3.4e38, a naive date-time; or ``vtype`` is not encodable.
+
+    Source: OPC UA Part 6 §5.1.2 (built-in types and their ranges), §5.2.2.16 (Variant).
+    """
+    value: object
+    if vtype == ua.VariantType.Boolean:
+        value = _boolean(raw)
+    elif vtype in _INT_RANGES:
+        value = _integer(raw, vtype)
+    elif vtype in _FLOAT_VARIANTS:
+        value = _floating(raw, vtype)
+    elif vtype == ua.VariantType.String:
+        if not isinstance(raw, str):
+            msg = f"{type(raw).__name__} {raw!r} is not a string (String)"
+            raise EncodeError(msg)
+        value = raw
+    elif vtype == ua.VariantType.LocalizedText:
+        if not isinstance(raw, str):
+            msg = f"{type(raw).__name__} {raw!r} is not a string (LocalizedText)"
+            raise EncodeError(msg)
+        value = ua.LocalizedText(raw)
+    elif vtype == ua.VariantType.DateTime:
+        value = _datetime(raw)
+    else:
+        msg = f"writing {vtype.name} values is not supported"
+        raise EncodeError(msg)
+    return ua.Variant(value, vtype)
+
+
+def variant_text(variant: ua.Variant) -> str:
+    """``Float 12.5``, ``String "on"``, ``Boolean true``: a Variant as a human reads it."""
+    value = variant.Value
+    if isinstance(value, ua.LocalizedText):
+        value = value.Text or ""
+    if isinstance(value, datetime):
+        text = value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    elif isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, str):
+        text = json.dumps(value)
+    else:
+        text = repr(value)
+    return f"{variant.VariantType.name} {text}"

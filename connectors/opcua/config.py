@@ -333,6 +333,66 @@ class OpcUaAddress(BaseModel):
 
 
 # ---------------------------------------------------------------------------------------------
+# Discovery of unconfigured variables.
+
+
+class OpcUaDiscovery(BaseModel):
+    """Browsing for variables that no point maps (reported as unmapped sources).
+
+    After each connect the connector walks the hierarchy below ``start`` in a background task
+    (never on the sample path) and lists the variables that no configured point uses, for
+    ``GET /api/v1/unmapped``. The walk is bounded by ``depth``, ``max_nodes`` and ``timeout``;
+    namespace 0 (the Server object) is skipped. Write ``discover: false`` to turn it off.
+
+    Attributes:
+        enabled: Browse after connect (default true).
+        start: Node id text of the start node (default the Objects folder ``i=85``).
+        depth: Levels below the start node [1..32].
+        max_nodes: Most nodes visited (objects and variables) per walk [1..100000].
+        max_variables: Most unmapped variables reported [1..100000].
+        timeout: Longest walk [s], (0..600]; what was found by then is kept.
+        interval: Walk again every this many seconds [60..86400]; None = once per connection.
+
+    Source: OPC UA Part 4 §5.8.2 (Browse), §5.8.3 (BrowseNext).
+    """
+
+    model_config = _STRICT
+
+    enabled: bool = Field(default=True, description="Browse for unmapped variables after connect")
+    start: str = Field(default="i=85", description="Start node id (default the Objects folder)")
+    depth: int = Field(default=5, ge=1, le=32, description="Levels below the start node [1..32]")
+    max_nodes: int = Field(
+        default=10_000, ge=1, le=100_000, description="Most nodes visited per walk [1..100000]"
+    )
+    max_variables: int = Field(
+        default=1000, ge=1, le=100_000, description="Most unmapped variables reported [1..100000]"
+    )
+    timeout: float = Field(
+        default=30.0, gt=0, le=600, description="Longest walk [s], (0..600]"
+    )
+    interval: float | None = Field(
+        default=None,
+        ge=60,
+        le=86400,
+        description="Walk again every this many seconds [s], [60..86400]; default once per "
+        "connection",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_bool(cls, value: object) -> object:
+        if isinstance(value, bool):
+            return {"enabled": value}
+        return value
+
+    @field_validator("start")
+    @classmethod
+    def _check_start(cls, value: str) -> str:
+        parse_node_id(value)
+        return value
+
+
+# ---------------------------------------------------------------------------------------------
 # Device.
 
 
@@ -370,6 +430,8 @@ class OpcUaDeviceConfig(BaseModel):
         max_future_skew: A SourceTimestamp later than now + this [s] is replaced (R23).
         max_source_age: A SourceTimestamp older than now − this [s] is replaced; None = only
             timestamps before 2000-01-01 are.
+        discover: Browsing for unconfigured variables after connect (`OpcUaDiscovery`); on by
+            default, ``discover: false`` turns it off.
     """
 
     model_config = _STRICT
@@ -450,6 +512,10 @@ class OpcUaDeviceConfig(BaseModel):
         default=None,
         gt=0,
         description="SourceTimestamps older than now - this [s] are replaced; default off",
+    )
+    discover: OpcUaDiscovery = Field(
+        default_factory=OpcUaDiscovery,
+        description="Browse for unconfigured variables (unmapped sources); false = off",
     )
 
     @field_validator("endpoint")

@@ -72,16 +72,27 @@ from typing import NamedTuple, Protocol, Self, TypeVar, cast
 from asyncua import ua
 from asyncua.client.client import Client
 from asyncua.client.ua_client import UaClientState
+from asyncua.common.ua_utils import data_type_to_variant_type
 from asyncua.crypto import security_policies
 from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.object_ids import ObjectIds
 from asyncua.ua.status_codes import StatusCodes
-from asyncua.ua.uaerrors import UaStatusCodeError
+from asyncua.ua.uaerrors import UaError, UaStatusCodeError
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from connectors.base import ConnectError, ConnectorStats, LinkLost
-from connectors.opcua.codec import ValueKind, decode, kind_of, status_name
+from connectors.base import ConnectError, ConnectorStats, LinkLost, WriteError, WriteResult
+from connectors.opcua import browse as _browse
+from connectors.opcua.codec import (
+    ENCODABLE,
+    EncodeError,
+    ValueKind,
+    decode,
+    encode,
+    kind_of,
+    status_name,
+    variant_text,
+)
 from connectors.opcua.config import (
     AcquisitionMode,
     DeadbandType,
@@ -234,6 +245,16 @@ class _Slot:
     node_id: ua.NodeId | None = None
     kind: ValueKind = ValueKind.ANY
     failure: int | None = None  # status code when the point cannot be acquired
+    target: _WriteTarget | None = None  # write-back type and access, read at the first write
+
+
+@dataclass(frozen=True, slots=True)
+class _WriteTarget:
+    """What a Write to a node needs: the Variant type, or why it cannot be written."""
+
+    vtype: ua.VariantType | None
+    refusal: str | None = None  # None: writable; else the reason (kind "unsupported")
+    code: str | None = None  # StatusCode name for the refusal, if any
 
 
 @dataclass(slots=True, eq=False)
@@ -259,6 +280,39 @@ class _Session:
     liveness_limit: float = 0.0
     overflowed: bool = False
     handles: dict[int, _Slot] = field(default_factory=dict)
+    discovery: asyncio.Task[None] | None = None
+
+
+@dataclass(slots=True, eq=False)
+class _Unmapped:
+    """A variable found by discovery that no point maps."""
+
+    info: _browse.VariableInfo
+    first_seen: datetime
+    last_seen: datetime
+
+
+@dataclass(slots=True)
+class DiscoveryStatus:
+    """Progress of the discovery walks of this connection.
+
+    Attributes:
+        state: ``off``, ``pending`` (not started), ``running``, ``done``, ``partial`` (stopped
+            by ``timeout``, ``max_nodes`` or ``max_variables``: what was found is listed) or
+            ``failed`` (see ``error``).
+        walks: Walks completed (or stopped).
+        visited: Nodes visited by the last walk.
+        variables: Variables found by the last walk (configured or not).
+        unmapped: Unmapped variables listed.
+        error: Why the last walk failed or stopped early, or None.
+    """
+
+    state: str = "pending"
+    walks: int = 0
+    visited: int = 0
+    variables: int = 0
+    unmapped: int = 0
+    error: str | None = None
 
 
 class _RedactCredentials(logging.Filter):
@@ -313,6 +367,8 @@ class OpcUaConnector:
             monitored items.
         limits: Operation limits of the open connection, or None before connecting.
         subscription_id: Server id of the open subscription, or None.
+        discovery: Progress of the background browse for unmapped variables
+            (`DiscoveryStatus`).
     """
 
     def __init__(
@@ -334,7 +390,11 @@ class OpcUaConnector:
         self._sources = {p.key: f"{prefix}#{p.address.locator}" for p in self._points}
         self._session: _Session | None = None
         self._slots: list[_Slot] = []
+        self._by_key: dict[str, _Slot] = {}
         self._initial: list[Sample] = []
+        self._io = asyncio.Lock()  # serializes polled Reads and write-backs
+        self._unmapped: dict[str, _Unmapped] = {}
+        self.discovery = DiscoveryStatus("pending" if device.discover.enabled else "off")
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -397,6 +457,11 @@ class OpcUaConnector:
         self.limits = None
         self.subscription_id = None
         if session is not None:
+            task = session.discovery
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await self._discard(session.client)
 
     async def _discard(self, client: Client | None) -> None:
@@ -526,6 +591,7 @@ class OpcUaConnector:
         session = _Session(client, limits, asyncio.Queue(QUEUE_LIMIT))
         self.limits = limits
         self._slots = [_Slot(p.key, p.address) for p in self._points]
+        self._by_key = {slot.key: slot for slot in self._slots}
         self._resolve_node_ids(namespaces)
         await self._translate_browse_paths(client, limits)
         await self._read_kinds(client, limits)
@@ -542,6 +608,10 @@ class OpcUaConnector:
             self.opcua_stats.monitored_items,
             limits,
         )
+        if device.discover.enabled:
+            session.discovery = asyncio.get_running_loop().create_task(
+                self._discovery_loop(session), name=f"opcua-discovery:{device.id}"
+            )
         return session
 
     async def _read_limits(self, client: Client) -> tuple[list[str], OperationLimits]:
@@ -755,6 +825,266 @@ class OpcUaConnector:
         """Map point key -> ``opc.tcp://host:port#<node id>`` (or ``#path=<browse path>``)."""
         return dict(self._sources)
 
+    # -- discovery ------------------------------------------------------------------------
+
+    def unmapped(self) -> list[dict[str, object]]:
+        """Variables found by discovery that no configured point uses, most recent first.
+
+        Filled by a background walk after connect (`OpcUaDiscovery`: start node, depth, node
+        and time bounds); empty while it runs for the first time, when ``discover`` is off, and
+        after a reconnect until the new connection's walk finds them again.
+
+        Returns:
+            One dict per variable: ``source`` (``opc.tcp://host:port#<node id>``), ``node``
+            (node id text), ``browse_path``, ``display_name``, ``data_type``, ``value_type``
+            (the point ``value_type`` that fits, or ``unsupported`` for arrays/structures),
+            ``access`` (``read``/``write``/``read_write``/``none``), ``unit`` (UCUM from
+            EngineeringUnits, or None), ``eu_range`` (``[low, high]`` or None), ``sample``
+            (the value when found, as text, or None), ``first_seen`` and ``last_seen`` (RFC
+            3339 UTC: the walks that found it) and ``reason`` (``not_configured``).
+        """
+        items = sorted(
+            self._unmapped.values(),
+            key=lambda u: (u.last_seen, u.info["browse_path"]),
+            reverse=True,
+        )
+        return [
+            {
+                "source": u.info["source"],
+                "node": u.info["node_id"],
+                "browse_path": u.info["browse_path"],
+                "display_name": u.info["display_name"],
+                "data_type": u.info["data_type"],
+                "value_type": u.info["value_type"],
+                "access": u.info["access"],
+                "unit": u.info["unit"],
+                "eu_range": u.info["eu_range"],
+                "sample": u.info["sample"],
+                "first_seen": _clock.to_rfc3339(u.first_seen),
+                "last_seen": _clock.to_rfc3339(u.last_seen),
+                "reason": "not_configured",
+            }
+            for u in items
+        ]
+
+    async def _discovery_loop(self, session: _Session) -> None:
+        """Walk once after connect, then every ``discover.interval`` seconds (if set)."""
+        interval = self._device.discover.interval
+        while True:
+            await self._discover(session)
+            if interval is None:
+                return
+            await asyncio.sleep(interval)
+
+    async def _discover(self, session: _Session) -> None:
+        """One bounded walk for unmapped variables (runs beside `samples`, never inside it)."""
+        device = self._device
+        cfg = device.discover
+        status = self.discovery
+        status.state = "running"
+        status.error = None
+        started = self._clock.utc_now()
+        client = session.client
+        # Small calls: the server answers Publish requests between them.
+        limits = session.limits._replace(
+            browse=min(session.limits.browse, 100), read=min(session.limits.read, 600)
+        )
+        configured = {slot.node_id for slot in self._slots if slot.node_id is not None}
+        found: list[_browse.VariableInfo] = []
+        state = "done"
+        try:
+            async with asyncio.timeout(cfg.timeout):
+                start = await _browse.resolve_start(client, cfg.start)
+                walked = await _browse.walk(
+                    client, start, cfg.depth, limits.browse, max_nodes=cfg.max_nodes
+                )
+                status.visited = walked.visited
+                status.variables = len(walked.variables)
+                todo = [f for f in walked.variables if f.node_id not in configured]
+                if walked.truncated:
+                    state, status.error = "partial", f"stopped after max_nodes {cfg.max_nodes}"
+                if len(todo) > cfg.max_variables:
+                    todo = todo[: cfg.max_variables]
+                    state = "partial"
+                    status.error = f"listing the first max_variables {cfg.max_variables}"
+                await _browse.describe(client, todo, limits, device.source_prefix, out=found)
+        except TimeoutError:
+            state, status.error = "partial", f"stopped after timeout {cfg.timeout:g} s"
+            self.stats.errors["discovery_timeout"] += 1
+        except (UaError, OSError, ConnectError, ValueError) as exc:
+            state, status.error = "failed", f"{type(exc).__name__}: {exc}"
+            self.stats.errors["discovery_failed"] += 1
+        now = self._clock.utc_now()
+        for info in found:
+            known = self._unmapped.get(info["node_id"])
+            if known is None:
+                self._unmapped[info["node_id"]] = _Unmapped(info, started, now)
+            else:
+                known.info, known.last_seen = info, now
+        status.state = state
+        status.walks += 1
+        status.unmapped = len(self._unmapped)
+        if state != "done":
+            log.warning("%s: discovery %s: %s", device.endpoint, state, status.error)
+        else:
+            log.debug("%s: discovery found %d unmapped variables", device.endpoint, len(found))
+
+    # -- write-back -----------------------------------------------------------------------
+
+    async def write(self, point_id: str, raw: object, *, dry_run: bool = False) -> WriteResult:
+        """Write ``raw`` to the Value attribute of a point's node, then read it back.
+
+        The node's DataType (resolved to its built-in type with asyncua's
+        ``data_type_to_variant_type``; an abstract type takes the type of the current value),
+        ValueRank and UserAccessLevel are read at the first write of the point on this
+        connection. Writes and polled Reads share the session and are serialized.
+
+        Args:
+            point_id: Point key ``site/asset/point``.
+            raw: The value in device units (bool, int, float or str; see `codec.encode`).
+            dry_run: Check and encode only: nothing is written.
+
+        Returns:
+            `WriteResult` with ``encoded`` like ``Write ns=2;s=Setpoint Float 12.5`` and
+            ``confirmed``: the point read back after the write (Read with MaxAge 0, decoded as
+            the point's samples; a Bad sample if the read-back fails), None for a dry run.
+
+        Raises:
+            WriteError: ``unsupported`` (unknown point; array or structure node; no write
+                access: code ``BadNotWritable``), ``offline`` (no session), ``encode`` (the
+                value does not fit the node's type), ``device`` (the server refused: ``code``
+                is the StatusCode name, e.g. ``BadTypeMismatch``, ``BadOutOfRange``,
+                ``BadUserAccessDenied``; or the node is unknown), ``timeout`` (no answer within
+                ``timeout``: the outcome is unknown and the write is not resent). Only
+                ``device`` and ``timeout`` may follow a Write that reached the server.
+
+        Source: OPC UA Part 4 §5.10.4 (Write), §5.10.2 (Read); Part 3 §5.6.4 (AccessLevel).
+        """
+        endpoint = self._device.endpoint
+        if point_id not in self._sources:
+            msg = f"{endpoint}: no point {point_id!r} on this device"
+            raise WriteError("unsupported", msg)
+        session = self._session
+        slot = self._by_key.get(point_id)
+        if (
+            session is None
+            or slot is None
+            or session.client.uaclient.state is not UaClientState.CONNECTED
+        ):
+            msg = f"{endpoint}: {point_id}: not connected; nothing was sent"
+            raise WriteError("offline", msg)
+        if slot.node_id is None or slot.failure is not None:
+            code = status_name(slot.failure or BAD_NODE_ID_UNKNOWN)
+            msg = f"{endpoint}: {point_id}: node not available ({code}); nothing was sent"
+            raise WriteError("device", msg, code)
+        node_text = slot.node_id.to_string()
+        async with self._io:
+            target = slot.target or await self._write_target(session, slot)
+            slot.target = target
+            if target.refusal is not None or target.vtype is None:
+                msg = f"{endpoint}: {point_id}: {node_text} {target.refusal}; nothing was sent"
+                raise WriteError("unsupported", msg, target.code)
+            try:
+                variant = encode(raw, target.vtype)
+            except EncodeError as exc:
+                self.stats.errors["write_encode"] += 1
+                msg = f"{endpoint}: {point_id}: {exc}; nothing was sent"
+                raise WriteError("encode", msg) from None
+            encoded = f"Write {node_text} {variant_text(variant)}"
+            if dry_run:
+                return WriteResult(encoded)
+            await self._write_value(session, slot, variant, encoded)
+            confirmed = await self._read_back(session, slot)
+        return WriteResult(encoded, confirmed=confirmed)
+
+    async def _write_target(self, session: _Session, slot: _Slot) -> _WriteTarget:
+        """Read DataType, ValueRank, UserAccessLevel and Value; resolve the Variant type."""
+        endpoint = self._device.endpoint
+        node = slot.node_id
+        attributes = (
+            AttributeIds.DataType,
+            AttributeIds.ValueRank,
+            AttributeIds.UserAccessLevel,
+            AttributeIds.Value,
+        )
+        params = ua.ReadParameters(NodesToRead=[ua.ReadValueId(node, a) for a in attributes])
+        self.stats.requests += 1
+        try:
+            async with asyncio.timeout(self._device.timeout):
+                dtype, rank, access, current = await session.client.uaclient.read(params)
+                data_type = _good_value(dtype)
+                if _status(dtype) == BAD_NODE_ID_UNKNOWN or not isinstance(data_type, ua.NodeId):
+                    code = status_name(_status(dtype) or BAD_NODE_ID_UNKNOWN)
+                    msg = f"{endpoint}: {slot.key}: cannot read the DataType ({code})"
+                    raise WriteError("device", msg, code)
+                vtype = await data_type_to_variant_type(session.client.get_node(data_type))
+        except TimeoutError:
+            self.stats.errors["write_timeout"] += 1
+            msg = (
+                f"{endpoint}: {slot.key}: no answer reading the node's DataType within "
+                f"{self._device.timeout:g} s; nothing was written"
+            )
+            raise WriteError("timeout", msg) from None
+        except UaStatusCodeError as exc:
+            msg = f"{endpoint}: {slot.key}: {_explain(exc.code)}"
+            raise WriteError("device", msg, status_name(exc.code)) from None
+        except (UaError, ConnectionError, OSError) as exc:
+            msg = f"{endpoint}: {slot.key}: reading the DataType failed: {exc}; nothing was sent"
+            raise WriteError("offline", msg) from None
+        value_rank = _good_value(rank)
+        if isinstance(value_rank, int) and value_rank >= 0:
+            return _WriteTarget(None, f"holds an array (ValueRank {value_rank})")
+        if vtype == ua.VariantType.Variant:  # abstract DataType: the current value's type
+            value = current.Value if _status(current) & 0x80000000 == 0 else None
+            vtype = value.VariantType if value is not None else ua.VariantType.Null
+        if vtype not in ENCODABLE:
+            return _WriteTarget(None, f"has DataType {vtype.name}, which cannot be written")
+        level = _good_value(access)
+        if isinstance(level, int) and not level & int(ua.AccessLevel.CurrentWrite.mask):
+            return _WriteTarget(vtype, "has no write access (UserAccessLevel)", "BadNotWritable")
+        return _WriteTarget(vtype, None)
+
+    async def _write_value(
+        self, session: _Session, slot: _Slot, variant: ua.Variant, encoded: str
+    ) -> None:
+        """Write the Value attribute. Raises WriteError (device, timeout)."""
+        endpoint = self._device.endpoint
+        node = session.client.get_node(cast("ua.NodeId", slot.node_id))
+        self.stats.requests += 1
+        try:
+            async with asyncio.timeout(self._device.timeout):
+                # Value only: no StatusCode, no timestamps (many servers refuse those with
+                # BadWriteNotSupported).
+                await node.write_attribute(
+                    AttributeIds.Value, ua.DataValue(variant, StatusCode=None)
+                )
+        except TimeoutError:
+            self.stats.errors["write_timeout"] += 1
+            msg = (
+                f"{endpoint}: {slot.key}: no answer to '{encoded}' within "
+                f"{self._device.timeout:g} s; the outcome is unknown (not resent)"
+            )
+            raise WriteError("timeout", msg) from None
+        except UaStatusCodeError as exc:
+            self.stats.errors["write_refused"] += 1
+            msg = f"{endpoint}: {slot.key}: '{encoded}' refused: {_explain(exc.code)}"
+            raise WriteError("device", msg, status_name(exc.code)) from None
+        except (UaError, ConnectionError, OSError) as exc:
+            self.stats.errors["write_timeout"] += 1
+            msg = (
+                f"{endpoint}: {slot.key}: connection failed during '{encoded}' ({exc}); "
+                "the outcome is unknown (not resent)"
+            )
+            raise WriteError("timeout", msg) from None
+
+    async def _read_back(self, session: _Session, slot: _Slot) -> Sample:
+        """The point's value after a write (a Bad sample when the Read fails)."""
+        try:
+            (sample,) = await self._read_chunk(session, [slot])
+        except LinkLost:
+            return Sample(slot.key, None, Q.BAD_NO_COMMUNICATION, self._clock.utc_now())
+        return sample
+
     # -- acquisition ----------------------------------------------------------------------
 
     def _schedules(self) -> list[_Schedule]:
@@ -892,8 +1222,9 @@ class OpcUaConnector:
         for slot in sched.slots:
             if slot.failure is not None or slot.node_id is None:
                 batch.append(Sample(slot.key, None, slot.failure or BAD_NODE_ID_UNKNOWN, now))
-        for chunk in _chunks(readable, session.limits.read):
-            batch.extend(await self._read_chunk(session, chunk))
+        async with self._io:
+            for chunk in _chunks(readable, session.limits.read):
+                batch.extend(await self._read_chunk(session, chunk))
         end = monotonic()
         stats.polls += 1
         stats.last_latency_s = end - started
