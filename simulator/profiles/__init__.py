@@ -1,6 +1,7 @@
 """Packaged simulator profiles (see ``README.md`` here).
 
-``demo.yaml``: the Modbus demo plant; ``opcua.yaml``: two OPC UA servers.
+``demo.yaml``: the Modbus demo plant; ``demo_mqtt.yaml``: the demo's MQTT publishers (JSON and
+Sparkplug B, run by `simulator.mqtt_publisher`); ``opcua.yaml``: two OPC UA servers.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from importlib.resources import files
 from pathlib import Path
 
 from simulator.config import Profile, load_profile
+from simulator.mqtt_profile import MqttSimProfile, load_mqtt_profile
 
 
 def demo_profile_path() -> Path:
@@ -23,6 +25,24 @@ def load_demo_profile() -> Profile:
         The profile (4 devices on 127.0.0.1, port 0).
     """
     return load_profile(demo_profile_path())
+
+
+def demo_mqtt_profile_path() -> Path:
+    """Path of the packaged demo MQTT profile (``simulator/profiles/demo_mqtt.yaml``)."""
+    return Path(str(files("simulator.profiles").joinpath("demo_mqtt.yaml")))
+
+
+def load_demo_mqtt_profile() -> MqttSimProfile:
+    """The demo MQTT profile, validated.
+
+    Returns:
+        The profile (3 publishers; broker 127.0.0.1:1883, MQTT 3.1.1 — the demo passes the
+        port its broker bound with ``--broker-port``).
+
+    Raises:
+        MqttProfileError: The packaged file is invalid.
+    """
+    return load_mqtt_profile(demo_mqtt_profile_path())
 
 
 def opcua_profile_path() -> Path:
