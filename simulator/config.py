@@ -158,6 +158,11 @@ class RegisterConfig(_Strict):
         bit: for ``bool`` in a holding/input register, the bit 0..15 (0 = least significant).
         length: for ``string``, the number of registers (2 ASCII characters each).
         signal: the value source.
+        on_write: what a write request touching this point does (holding and coil tables):
+            ``apply`` (default: the value overrides the signal, the device answers),
+            ``unanswered`` (applied, but the response is never sent: the client's outcome is
+            unknown), or an exception code 1..255 (nothing applied, the device answers that
+            exception, e.g. 2 or 3).
     """
 
     table: Table
@@ -168,6 +173,7 @@ class RegisterConfig(_Strict):
     bit: int | None = Field(None, ge=0, le=15)
     length: int | None = Field(None, ge=1, le=123)
     signal: Signal
+    on_write: Literal["apply", "unanswered"] | Annotated[int, Field(ge=1, le=255)] = "apply"
 
     @model_validator(mode="after")
     def _check(self) -> RegisterConfig:
@@ -198,6 +204,8 @@ class RegisterConfig(_Strict):
             raise ValueError(f"signal: text values need type string (got {dtype!r})")
         if self.address + self.width > 65536:
             raise ValueError("address: register span goes past 65535")
+        if self.on_write != "apply" and self.table not in {"holding", "coil"}:
+            raise ValueError(f"on_write: {self.table} points cannot be written")
         return self
 
     @property
@@ -325,6 +333,8 @@ class DeviceConfig(_Strict):
     """One Modbus TCP device: one listener on ``host:port`` answering ``unit_ids``.
 
     Requests for other unit ids answer exception 0x0B (gateway target failed to respond).
+    With ``max_connections`` set, a connection beyond that many open ones is closed at once
+    (a single-connection device: ``max_connections: 1``), and counted.
     """
 
     id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -332,6 +342,7 @@ class DeviceConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(0, ge=0, le=65535)
     unit_ids: list[int] = Field(default_factory=lambda: [1], min_length=1)
+    max_connections: int | None = Field(None, ge=1, le=10_000)
     registers: list[RegisterConfig] = Field(default_factory=list)
     faults: list[ModbusFault] = Field(default_factory=list)
 

@@ -10,7 +10,14 @@ Behaviour worth knowing:
 - Requests for a unit id the device does not answer get exception 0x0B (gateway target device
   failed to respond), at once.
 - Writes (FC 5, 6, 15, 16, 22, 23) to holding registers and coils are accepted and override the
-  signal of the written words/bits until the simulator stops.
+  signal of the written words/bits until the simulator stops, unless a configured point they
+  touch says otherwise (``on_write``: an exception code, or ``unanswered``: applied but never
+  answered, so the client cannot know the outcome).
+- Every write request received is counted (``writes``), with what became of it (``writes_applied``,
+  ``writes_refused``) and a log of the last `WRITE_LOG_SIZE` writes (function code, unit id,
+  address, payload, result) in the stats: the oracle for "no write reached the device".
+- With ``max_connections``, connections beyond that many open ones are closed at once
+  (``refused_connections``); ``peak_connections`` is the most ever open at the same time.
 - Function codes other than 1–6, 15, 16, 22, 23 (and 8, 17, 43 answered by pymodbus) get 0x01.
 """
 
@@ -22,6 +29,7 @@ import contextlib
 import logging
 import struct
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -57,6 +65,10 @@ FC_TABLE: dict[int, str] = {
 }
 _PASS_THROUGH_FC = frozenset({8, 17, 43})  # diagnostics, report server id, device id (pymodbus)
 _WRITABLE = frozenset({"holding", "coil"})
+WRITE_FUNCTION_CODES = frozenset({5, 6, 15, 16, 22, 23})
+"""Function codes that write (single/multiple coils and registers, mask write, read/write)."""
+WRITE_LOG_SIZE = 200
+"""Writes kept in the stats' ``write_log`` (the most recent)."""
 _MAX_QUEUED = 256  # requests queued per connection before new ones are dropped
 
 
@@ -126,6 +138,34 @@ class RegisterMap:
         self._tables = tables
         self._starts = {t: [e.start for e in entries] for t, entries in tables.items()}
         self._written: dict[str, dict[int, int]] = {t: {} for t in tables}
+        self._on_write: dict[tuple[str, int], str | int] = {
+            (reg.table, addr): reg.on_write
+            for reg in registers
+            if reg.on_write != "apply"
+            for addr in range(reg.address, reg.address + reg.width)
+        }
+
+    def write_behaviour(self, spans: list[tuple[str, int, int]]) -> str | int | None:
+        """What a write touching ``spans`` does, from the points' ``on_write``.
+
+        Args:
+            spans: (table, first address, last address) the request touches.
+
+        Returns:
+            An exception code (int) when any touched point answers one, else ``"unanswered"``
+            when any touched point is unanswered, else None (apply and answer).
+        """
+        if not self._on_write:
+            return None
+        found: str | int | None = None
+        for table, first, last in spans:
+            for addr in range(first, last + 1):
+                behaviour = self._on_write.get((table, addr))
+                if isinstance(behaviour, int):
+                    return behaviour
+                if behaviour is not None:
+                    found = behaviour
+        return found
 
     def read(self, table: str, address: int, count: int, t: float) -> list[int]:
         """Values of ``count`` addresses from ``address`` at epoch time ``t``.
@@ -243,6 +283,38 @@ def _exception_pdu(fc: int, code: int) -> bytes:
     return bytes([(fc | 0x80) & 0xFF, code & 0xFF])
 
 
+def write_payload(fc: int, frame: bytes) -> list[int]:
+    """The values a write request carries, parsed from its PDU (for the write log).
+
+    Args:
+        fc: function code (5, 6, 15, 16, 22 or 23).
+        frame: the PDU (function code first).
+
+    Returns:
+        FC 5: ``[0 | 1]`` (0xFF00 = 1); FC 6: ``[word]``; FC 15: the bits; FC 16: the words;
+        FC 22: ``[and_mask, or_mask]``; FC 23: the words written. Empty when malformed.
+    """
+    try:
+        if fc == 5:
+            return [1 if struct.unpack_from(">H", frame, 3)[0] == 0xFF00 else 0]
+        if fc == 6:
+            return [struct.unpack_from(">H", frame, 3)[0]]
+        if fc == 22:
+            return list(struct.unpack_from(">HH", frame, 3))
+        if fc == 15:
+            qty, nbytes = struct.unpack_from(">HB", frame, 3)
+            data = frame[6 : 6 + nbytes]
+            return [(data[i // 8] >> (i % 8)) & 1 for i in range(min(qty, 8 * len(data)))]
+        if fc in (16, 23):
+            offset = 10 if fc == 23 else 6
+            nbytes = frame[offset - 1]
+            data = frame[offset : offset + nbytes]
+            return [w for (w,) in struct.iter_unpack(">H", data[: len(data) // 2 * 2])]
+    except (struct.error, IndexError):
+        return []
+    return []
+
+
 @dataclass(slots=True)
 class DeviceStats:
     """Request counters of one device (what it actually received).
@@ -255,6 +327,14 @@ class DeviceStats:
         registers_read: registers (or bits) requested by read function codes.
         exceptions: exception responses sent.
         unanswered: requests never answered (silent offline, or dropped from a full queue).
+        peak_connections: most connections open at the same time.
+        refused_connections: connections closed at once because ``max_connections`` were open.
+        writes: write requests received (FC 5, 6, 15, 16, 22, 23), whatever became of them.
+        writes_applied: writes that changed the device's values (answered or not).
+        writes_refused: writes answered with an exception (nothing applied).
+        write_log: the last `WRITE_LOG_SIZE` writes: ``{"time", "fc", "unit", "address",
+            "values", "result"}`` with result ``applied``, ``applied_unanswered``,
+            ``exception_XX`` or ``unanswered`` (silent offline: not applied).
     """
 
     connections: int = 0
@@ -264,6 +344,12 @@ class DeviceStats:
     registers_read: int = 0
     exceptions: int = 0
     unanswered: int = 0
+    peak_connections: int = 0
+    refused_connections: int = 0
+    writes: int = 0
+    writes_applied: int = 0
+    writes_refused: int = 0
+    write_log: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=WRITE_LOG_SIZE))
 
 
 class _Connection(ServerRequestHandler):
@@ -278,9 +364,17 @@ class _Connection(ServerRequestHandler):
 
     def callback_connected(self) -> None:
         super().callback_connected()
+        stats = self._device.stats
+        limit = self._device.cfg.max_connections
+        if limit is not None and stats.open_connections >= limit:
+            stats.refused_connections += 1
+            log.debug("device %s: connection refused (%d open)", self._device.id, limit)
+            self.close()
+            return
         self._open = True
-        self._device.stats.connections += 1
-        self._device.stats.open_connections += 1
+        stats.connections += 1
+        stats.open_connections += 1
+        stats.peak_connections = max(stats.peak_connections, stats.open_connections)
         self._worker = asyncio.get_running_loop().create_task(self._serve())
 
     def callback_disconnected(self, exc: Exception | None) -> None:
@@ -489,19 +583,56 @@ class ModbusDevice:
         fc = self.count_request(frame)
         spans, reads = request_spans(fc, frame)
         self.stats.registers_read += reads
+        is_write = fc in WRITE_FUNCTION_CODES
+        if is_write:
+            self.stats.writes += 1
         delay = self.faults.delay()
         if delay > 0:
             await asyncio.sleep(delay)
         if self.faults.offline_mode() is not None:
             self.stats.unanswered += 1
+            if is_write:
+                self._log_write(fc, unit, frame, "unanswered")
             return None
-        response = await self._answer(unit, fc, frame, spans)
-        if response[0] & 0x80:
+        behaviour = self.registers.write_behaviour(spans) if is_write else None
+        response = await self._answer(unit, fc, frame, spans, behaviour)
+        refused = bool(response[0] & 0x80)
+        if refused:
             self.stats.exceptions += 1
+        if not is_write:
+            return response
+        if refused:
+            self.stats.writes_refused += 1
+            self._log_write(fc, unit, frame, f"exception_{response[1]:02X}")
+            return response
+        self.stats.writes_applied += 1
+        if behaviour == "unanswered":
+            self.stats.unanswered += 1
+            self._log_write(fc, unit, frame, "applied_unanswered")
+            return None
+        self._log_write(fc, unit, frame, "applied")
         return response
 
+    def _log_write(self, fc: int, unit: int, frame: bytes, result: str) -> None:
+        address = struct.unpack_from(">H", frame, 1)[0] if len(frame) >= 3 else None
+        self.stats.write_log.append(
+            {
+                "time": time.time(),
+                "fc": fc,
+                "unit": unit,
+                "address": address,
+                "values": write_payload(fc, frame),
+                "result": result,
+            }
+        )
+
     async def _answer(
-        self, unit: int, fc: int, frame: bytes, spans: list[tuple[str, int, int]]
+        self,
+        unit: int,
+        fc: int,
+        frame: bytes,
+        spans: list[tuple[str, int, int]],
+        behaviour: str | int | None = None,
     ) -> bytes:
         if unit not in self._units:
             return _exception_pdu(fc, ExcCodes.GATEWAY_NO_RESPONSE)
@@ -510,6 +641,8 @@ class ModbusDevice:
         code = self.faults.exception_code(spans)
         if code is not None:
             return _exception_pdu(fc, code)
+        if isinstance(behaviour, int):
+            return _exception_pdu(fc, behaviour)
         pdu = self._decoder.decode(frame)
         if pdu is None:  # known function code, malformed or out-of-range quantity
             return _exception_pdu(fc, ExcCodes.ILLEGAL_VALUE)
@@ -534,6 +667,12 @@ class ModbusDevice:
             "registers_read": s.registers_read,
             "exceptions": s.exceptions,
             "unanswered": s.unanswered,
+            "peak_connections": s.peak_connections,
+            "refused_connections": s.refused_connections,
+            "writes": s.writes,
+            "writes_applied": s.writes_applied,
+            "writes_refused": s.writes_refused,
+            "write_log": list(s.write_log),
             "active_faults": sorted(a.fault.kind for a in self.faults.active.values()),
         }
 

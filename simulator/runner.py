@@ -109,6 +109,7 @@ class Simulator:
             for f, fault in enumerate(dev.faults)
         }
         self._tasks: list[asyncio.Task[None]] = []
+        self._stats_seq = 0
         self.t0 = 0.0
         self.started = utc_now()
 
@@ -125,8 +126,18 @@ class Simulator:
         return out
 
     def stats(self) -> dict[str, Any]:
-        """The stats file content: ``{"devices": {id: counters}}``."""
-        return {"devices": {d.id: d.stats_snapshot() for d in self.devices}}
+        """The stats file content: ``{"seq", "time", "devices": {id: counters}}``.
+
+        ``seq`` counts the snapshots (1, 2, ...) and ``time`` is when this one was taken (epoch
+        seconds): a test that acted at time t waits for a snapshot with ``time > t`` before it
+        asserts on counters (e.g. that a Modbus device received no write).
+        """
+        self._stats_seq += 1
+        return {
+            "seq": self._stats_seq,
+            "time": time.time(),
+            "devices": {d.id: d.stats_snapshot() for d in self.devices},
+        }
 
     async def start(self) -> None:
         """Open every listener, write the ready file, start the fault schedule (t = 0).

@@ -15,8 +15,17 @@ swap only. Strings hold 2 ASCII characters per register, first character in the 
 A ``bool`` with ``bit`` reads that bit of the raw register (0 = least significant), without any
 byte swap; a ``bool`` without ``bit`` in a register is ``register != 0``.
 
-Source: Modbus Application Protocol Specification V1.1b3, §4.2 (data encoding) and §6.1-6.4
-(read coils / discrete inputs / holding registers / input registers).
+Writes (`encode_write`): a coil point is written with FC 5 (Write Single Coil), a one-register
+holding point with FC 6 (Write Single Register), a wider holding point (32/64-bit, float,
+string) with FC 16 (Write Multiple Registers, all of its registers in one request, so the value
+is never half-written by us), and a ``bool`` on one ``bit`` of a holding register with FC 22
+(Mask Write Register), which changes that bit on the device atomically and leaves the other 15
+alone. FC 15 (Write Multiple Coils) is not needed: a coil point is one bit. Discrete inputs and
+input registers are read-only in the protocol (no function code writes them).
+
+Source: Modbus Application Protocol Specification V1.1b3, §4.2 (data encoding), §6.1-6.4
+(read coils / discrete inputs / holding registers / input registers), §6.5 (FC 5), §6.6 (FC 6),
+§6.12 (FC 16) and §6.16 (FC 22).
 """
 
 from __future__ import annotations
@@ -24,8 +33,9 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
-from connectors.modbus.config import ByteOrder, DataType, ModbusAddress
+from connectors.modbus.config import ByteOrder, DataType, ModbusAddress, RegisterType
 from gateway.model import Value
 from gateway.quality import Q, Quality
 
@@ -223,3 +233,117 @@ def encode(value: bool | int | float | str, addr: ModbusAddress) -> list[int]:
     if word_reversed:
         words.reverse()
     return words
+
+
+WRITE_SINGLE_COIL = 5
+WRITE_SINGLE_REGISTER = 6
+WRITE_MULTIPLE_REGISTERS = 16
+MASK_WRITE_REGISTER = 22
+
+
+class ReadOnlyTableError(ValueError):
+    """The point is in a table no Modbus function code writes (discrete inputs, input registers)."""
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedWrite:
+    """One Modbus write request for a point, before it has a unit id and transaction id.
+
+    Attributes:
+        function_code: 5 (single coil), 6 (single register), 16 (multiple registers) or 22
+            (mask write register).
+        address: First coil/register written, 0-based protocol address [0..65535].
+        values: FC 5: ``(0 | 1,)``; FC 6: ``(word,)``; FC 16: the point's words in wire order;
+            FC 22: ``(and_mask, or_mask)``. Words are in [0, 65535].
+    """
+
+    function_code: int
+    address: int
+    values: tuple[int, ...]
+
+    def describe(self, unit_id: int) -> str:
+        """Human-readable request, e.g. ``FC16 unit_id=1 holding 10..11 = [0x4148, 0x0000]``."""
+        fc = self.function_code
+        if fc == WRITE_SINGLE_COIL:
+            state = "ON" if self.values[0] else "OFF"
+            return f"FC5 unit_id={unit_id} coil {self.address} = {state}"
+        if fc == MASK_WRITE_REGISTER:
+            and_mask, or_mask = self.values
+            return (
+                f"FC22 unit_id={unit_id} holding {self.address} "
+                f"and_mask=0x{and_mask:04X} or_mask=0x{or_mask:04X}"
+            )
+        words = ", ".join(f"0x{w:04X}" for w in self.values)
+        if fc == WRITE_SINGLE_REGISTER:
+            return f"FC6 unit_id={unit_id} holding {self.address} = {words}"
+        last = self.address + len(self.values) - 1
+        return f"FC16 unit_id={unit_id} holding {self.address}..{last} = [{words}]"
+
+
+def encode_write(value: bool | int | float | str, addr: ModbusAddress) -> EncodedWrite:
+    """Encode a raw value into the write request of a point (the inverse of its decoding).
+
+    Args:
+        value: The raw value (device units, after the inverse of scale/offset): a bool for bool
+            points, an int for integer types (within the type's range), a real number for
+            floats, ASCII text for strings; see `encode`.
+        addr: Table, type, bit, length and byte order of the point.
+
+    Returns:
+        The request: FC 5 for a coil, FC 22 for a bool on a bit of a holding register, FC 6 for
+        a one-register holding point, FC 16 for a wider one.
+
+    Raises:
+        ReadOnlyTableError: The point is a discrete input or an input register.
+        ValueError: The value does not fit the type, or has the wrong Python type: stricter
+            than `encode`, a bool is never a number (nor 0/1 a bool), a float is never an
+            integer, and a non-finite float is never written.
+
+    Source: Modbus Application Protocol Specification V1.1b3, §6.5 (FC 5: 0xFF00 = ON,
+    0x0000 = OFF on the wire), §6.6 (FC 6), §6.12 (FC 16: 1..123 registers), §6.16 (FC 22:
+    result = (current AND and_mask) OR (or_mask AND NOT and_mask)).
+    """
+    if addr.table in (RegisterType.DISCRETE, RegisterType.INPUT):
+        msg = f"{addr.table.value} points are read-only in Modbus (no function code writes them)"
+        raise ReadOnlyTableError(msg)
+    _check_write_value(value, addr)
+    if addr.table is RegisterType.COIL:
+        (bit,) = encode(value, addr)
+        return EncodedWrite(WRITE_SINGLE_COIL, addr.address, (1 if bit else 0,))
+    if addr.type is DataType.BOOL and addr.bit is not None:
+        encode(value, addr)  # type check only
+        mask = 1 << addr.bit
+        return EncodedWrite(
+            MASK_WRITE_REGISTER, addr.address, (0xFFFF & ~mask, mask if value else 0)
+        )
+    words = tuple(encode(value, addr))
+    if len(words) > 123:
+        msg = f"{len(words)} registers exceed the 123 of one FC 16 request"
+        raise ValueError(msg)
+    if len(words) == 1:
+        return EncodedWrite(WRITE_SINGLE_REGISTER, addr.address, words)
+    return EncodedWrite(WRITE_MULTIPLE_REGISTERS, addr.address, words)
+
+
+def _check_write_value(value: object, addr: ModbusAddress) -> None:
+    """Type checks of a value to write, stricter than `encode` (which also builds test data)."""
+    dtype = addr.type
+    if dtype is DataType.BOOL:
+        if not isinstance(value, bool):
+            msg = f"bool point needs true or false, got {value!r}"
+            raise ValueError(msg)
+        return
+    if dtype is DataType.STRING:
+        if not isinstance(value, str):
+            msg = f"string point needs text, got {value!r}"
+            raise ValueError(msg)
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        msg = f"{dtype.value} point needs a number, got {value!r}"
+        raise ValueError(msg)
+    if dtype not in (DataType.FLOAT32, DataType.FLOAT64) and not isinstance(value, int):
+        msg = f"{dtype.value} point needs an integer raw value, got {value!r}"
+        raise ValueError(msg)
+    if isinstance(value, float) and not math.isfinite(value):
+        msg = f"{dtype.value} point needs a finite number, got {value!r}"
+        raise ValueError(msg)

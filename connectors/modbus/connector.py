@@ -41,13 +41,23 @@ request") or skipped as a wrong transaction id, so it is never matched to a newe
 Retries are ours, each a new ``execute`` with a new transaction id. pymodbus accepts a response
 with transaction id 0 or, for unit 0, any unit id; this connector rejects both as mismatches.
 
+Writes (`ModbusConnector.write`, RELIABILITY M9, R17, R26): a write goes over the same TCP
+connection as the polls. Every request, read or write, holds the connector's request lock
+while it is on the wire, so a write waits for at most the one poll request in flight and the
+device never sees two outstanding requests from this gateway (single-connection devices). The
+function code follows the point (`codec.encode_write`: FC 5, 6, 16, or 22 for a bit of a
+holding register). A write is sent once: no timeout retry, no busy (06) retry. After an answer
+the point is read back (one read of its own registers); after a timeout the outcome is unknown,
+a read-back is still attempted and attached to the error (`WriteOutcomeUnknown.read_back`), and
+nothing is resent.
+
 Timestamps: Modbus carries no device time. ``source_time`` is the gateway's aware-UTC time when
 the response (or the failure) of the request arrived, which bounds the instant the device
 sampled the registers more tightly than the batch's acquisition time.
 
 Source: Modbus Application Protocol Specification V1.1b3, §4.1 (PDU), §6.1-6.4 (read
-functions), §7 (exception responses); Modbus Messaging on TCP/IP Implementation Guide V1.0b,
-§3.1.3 (MBAP header, transaction identifier).
+functions), §6.5, §6.6, §6.12, §6.16 (write functions), §7 (exception responses); Modbus
+Messaging on TCP/IP Implementation Guide V1.0b, §3.1.3 (MBAP header, transaction identifier).
 """
 
 from __future__ import annotations
@@ -65,11 +75,30 @@ from typing import NamedTuple, NoReturn, Protocol, Self
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 from pymodbus.pdu import ModbusPDU
-from pymodbus.pdu.bit_message import ReadCoilsRequest, ReadDiscreteInputsRequest
-from pymodbus.pdu.register_message import ReadHoldingRegistersRequest, ReadInputRegistersRequest
+from pymodbus.pdu.bit_message import (
+    ReadCoilsRequest,
+    ReadDiscreteInputsRequest,
+    WriteSingleCoilRequest,
+)
+from pymodbus.pdu.register_message import (
+    MaskWriteRegisterRequest,
+    ReadHoldingRegistersRequest,
+    ReadInputRegistersRequest,
+    WriteMultipleRegistersRequest,
+    WriteSingleRegisterRequest,
+)
 
-from connectors.base import ConnectError, ConnectorStats, LinkLost
-from connectors.modbus.codec import Decoder, make_decoder
+from connectors.base import ConnectError, ConnectorStats, LinkLost, WriteError, WriteResult
+from connectors.modbus.codec import (
+    MASK_WRITE_REGISTER,
+    WRITE_SINGLE_COIL,
+    WRITE_SINGLE_REGISTER,
+    Decoder,
+    EncodedWrite,
+    ReadOnlyTableError,
+    encode_write,
+    make_decoder,
+)
 from connectors.modbus.config import ModbusDeviceConfig, RegisterType
 from connectors.modbus.plan import ModbusPoint, PollGroup, ReadRequest, build_plan, make_request
 from gateway import clock as _clock
@@ -90,6 +119,35 @@ _REQUEST_CLASSES: dict[RegisterType, type[ModbusPDU]] = {
     RegisterType.HOLDING: ReadHoldingRegistersRequest,
     RegisterType.INPUT: ReadInputRegistersRequest,
 }
+
+
+_EXCEPTION_NAMES = {
+    0x01: "illegal function",
+    0x02: "illegal data address",
+    0x03: "illegal data value",
+    0x04: "server device failure",
+    0x05: "acknowledge",
+    0x06: "server device busy",
+    0x08: "memory parity error",
+    0x0A: "gateway path unavailable",
+    0x0B: "gateway target device failed to respond",
+}
+"""Exception codes (Modbus Application Protocol V1.1b3, §7)."""
+
+
+class WriteOutcomeUnknown(WriteError):
+    """A write that got no answer (kind ``timeout``): it may or may not have been applied.
+
+    Never resent. The connector attempted one read-back of the point after the timeout.
+
+    Attributes:
+        read_back: That read-back (raw value, not scaled; a Bad sample when it failed too), or
+            None when it could not be attempted (the link was gone).
+    """
+
+    def __init__(self, message: str, code: str | None, read_back: Sample | None) -> None:
+        super().__init__("timeout", message, code)
+        self.read_back = read_back
 
 
 class Clock(Protocol):
@@ -185,6 +243,8 @@ class ModbusConnector:
         self._reprobe_interval = reprobe_interval
         self._dead_after_cycles = max(1, dead_after_cycles)
         self._decoders: dict[str, Decoder] = {p.key: make_decoder(p.address) for p in points}
+        self._points: dict[str, ModbusPoint] = {p.key: p for p in points}
+        self._io = asyncio.Lock()  # one request on the wire at a time: polls and writes
         self._sources = {
             p.key: f"{device.endpoint}/"
             f"{device.unit_id if p.address.unit_id is None else p.address.unit_id}/"
@@ -491,9 +551,8 @@ class ModbusConnector:
         while True:
             pdu = request_class(address=request.start, count=request.count, dev_id=request.unit_id)
             stats.requests += 1
-            self._in_request = True
             try:
-                response: ModbusPDU = await client.execute(False, pdu)
+                response: ModbusPDU = await self._execute(client, pdu)
             except ConnectionException as exc:
                 self._close()
                 msg = f"{self._device.endpoint}: connection closed by the peer"
@@ -510,8 +569,6 @@ class ModbusConnector:
                 return _TIMEOUT
             except ModbusException as exc:
                 self._protocol_error("exception", str(exc))
-            finally:
-                self._in_request = False
             if (
                 response.transaction_id != pdu.transaction_id
                 or response.dev_id != request.unit_id
@@ -542,9 +599,176 @@ class ModbusConnector:
                 self._protocol_error("length", f"{len(registers)} registers for {request.count}")
             return registers
 
+    async def _execute(self, client: AsyncModbusTcpClient, pdu: ModbusPDU) -> ModbusPDU:
+        """Send one request and wait for its response, holding the request lock.
+
+        Raises:
+            ConnectionException: The connection is closed (or closes while waiting).
+            ModbusIOException: No response within the device timeout.
+            ModbusException: Any other pymodbus failure.
+        """
+        async with self._io:
+            self._in_request = True
+            try:
+                response: ModbusPDU = await client.execute(False, pdu)
+            finally:
+                self._in_request = False
+        return response
+
+    # -- write-back -----------------------------------------------------------------------
+
+    async def write(self, point_id: str, raw: object, *, dry_run: bool = False) -> WriteResult:
+        """Write one point's raw value to the device, then read the point back.
+
+        The request shares the polling connection and waits for the request lock (at most the
+        one poll request in flight). It is sent exactly once: a timeout is not retried, nor is
+        a busy answer (exception 06).
+
+        Args:
+            point_id: Point key ``site/asset/point`` of one of this connector's points.
+            raw: The raw value (device units; the gateway already applied the inverse of
+                scale/offset): bool for bool points, int for integer types, int or float for
+                float types, ASCII str for strings.
+            dry_run: Encode only and return the request; nothing is sent, and no link is needed.
+
+        Returns:
+            `WriteResult`: ``encoded`` such as ``FC16 unit_id=1 holding 10..11 = [0x4148,
+            0x0000]``, ``registers`` (the words or the coil bit sent; for FC 22 the AND and OR
+            masks) and ``confirmed``: the point read back after the write (raw; a Bad sample
+            when the read-back failed), None for a dry run.
+
+        Raises:
+            WriteError: ``unsupported`` (not a point of this device, or a discrete input /
+                input register point), ``encode`` (the value does not fit the type; nothing
+                sent), ``offline`` (no open connection; nothing sent), ``device`` (the device
+                answered an exception; ``code`` is ``exception_XX``, e.g. ``exception_02``).
+            WriteOutcomeUnknown: Kind ``timeout``: no answer within the device timeout, or the
+                connection closed or desynchronized while the request was out (``code``
+                ``timeout``, ``connection_lost`` or ``protocol_mismatch``). Never resent.
+
+        Source: Modbus Application Protocol Specification V1.1b3, §6.5 (FC 5), §6.6 (FC 6),
+        §6.12 (FC 16), §6.16 (FC 22), §7 (exception responses).
+        """
+        endpoint = self._device.endpoint
+        point = self._points.get(point_id)
+        if point is None:
+            msg = f"{endpoint}: no point {point_id!r} on this device; nothing was sent"
+            raise WriteError("unsupported", msg)
+        unit = self._device.unit_id if point.address.unit_id is None else point.address.unit_id
+        if not isinstance(raw, bool | int | float | str):
+            msg = f"{point_id}: cannot write a {type(raw).__name__}; nothing was sent"
+            raise WriteError("encode", msg)
+        try:
+            request = encode_write(raw, point.address)
+        except ReadOnlyTableError as exc:
+            msg = f"{endpoint}: {point_id}: {exc}; nothing was sent"
+            raise WriteError("unsupported", msg) from None
+        except ValueError as exc:
+            self.stats.errors["write_encode"] += 1
+            msg = f"{point_id}: {exc}; nothing was sent"
+            raise WriteError("encode", msg) from None
+        encoded = request.describe(unit)
+        if dry_run:
+            return WriteResult(encoded, list(request.values), None)
+        client = self._client
+        if client is None or not client.connected or self._link_down.is_set():
+            msg = f"{endpoint}: not connected; nothing was sent"
+            raise WriteError("offline", msg)
+        await self._send_write(client, request, unit, point, encoded)
+        confirmed = await self._read_back(point)
+        return WriteResult(encoded, list(request.values), confirmed)
+
+    async def _send_write(
+        self,
+        client: AsyncModbusTcpClient,
+        request: EncodedWrite,
+        unit: int,
+        point: ModbusPoint,
+        encoded: str,
+    ) -> None:
+        """Send the write once and check the answer. Raises WriteError / WriteOutcomeUnknown."""
+        endpoint = self._device.endpoint
+        pdu = _write_pdu(request, unit)
+        errors = self.stats.errors
+        self.stats.requests += 1
+        problem: str | None = None
+        try:
+            response: ModbusPDU = await self._execute(client, pdu)
+        except ConnectionException:
+            self._close()
+            problem = "connection_lost"
+        except ModbusIOException:
+            if not client.connected:
+                self._close()
+                problem = "connection_lost"
+            else:
+                problem = "timeout"
+        except ModbusException:
+            self._close()
+            problem = "protocol_mismatch"
+        else:
+            if (
+                response.transaction_id != pdu.transaction_id
+                or response.dev_id != unit
+                or response.function_code & 0x7F != pdu.function_code
+            ):
+                errors["protocol_mismatch"] += 1
+                self._close()  # the stream is out of sync: the poller sees LinkLost
+                problem = "protocol_mismatch"
+        if problem is not None:
+            errors[f"write_{problem}"] += 1
+            read_back = await self._read_back(point) if self._client is not None else None
+            what = {
+                "timeout": f"no answer within {self._device.timeout} s",
+                "connection_lost": "the connection closed before the answer",
+                "protocol_mismatch": "the answer did not match the request (link reset)",
+            }[problem]
+            msg = f"{endpoint}: {encoded}: {what}; outcome unknown, not resent"
+            raise WriteOutcomeUnknown(msg, problem, read_back)
+        if response.isError():
+            code = int(response.exception_code)
+            errors[f"write_exception_{code:02X}"] += 1
+            name = _EXCEPTION_NAMES.get(code, "unknown exception")
+            msg = f"{endpoint}: {encoded}: device answered exception {code:02X} ({name})"
+            raise WriteError("device", msg, f"exception_{code:02X}")
+
+    async def _read_back(self, point: ModbusPoint) -> Sample:
+        """Read one point's own registers (or bit) now; a failure is a Bad sample, not raised."""
+        request = make_request(
+            self._device.unit_id if point.address.unit_id is None else point.address.unit_id,
+            point.address.table,
+            (point,),
+        )
+        op = self._make_op(request)
+        batch: list[Sample] = []
+        try:
+            outcome = await self._read(request)
+        except LinkLost:
+            return Sample(point.key, None, Q.BAD_NO_COMMUNICATION, self._clock.utc_now())
+        self._emit(op, outcome, self._clock.utc_now(), batch)
+        return batch[0]
+
     def _protocol_error(self, kind: str, detail: str) -> NoReturn:
         """Count a desynchronized stream, close the link and raise LinkLost."""
         self.stats.errors[f"protocol_{kind}"] += 1
         self._close()
         msg = f"{self._device.endpoint}: protocol error ({kind}): {detail}"
         raise LinkLost(msg)
+
+
+def _write_pdu(request: EncodedWrite, unit: int) -> ModbusPDU:
+    """The pymodbus request PDU of an encoded write."""
+    fc, address, values = request.function_code, request.address, request.values
+    if fc == WRITE_SINGLE_COIL:
+        return WriteSingleCoilRequest(address=address, bits=[bool(values[0])], dev_id=unit)
+    if fc == WRITE_SINGLE_REGISTER:
+        return WriteSingleRegisterRequest(address=address, registers=list(values), dev_id=unit)
+    if fc == MASK_WRITE_REGISTER:
+        and_mask, or_mask = values
+        mask: ModbusPDU = MaskWriteRegisterRequest(  # untyped in pymodbus 3.16
+            address=address, and_mask=and_mask, or_mask=or_mask, dev_id=unit
+        )
+        return mask
+    return WriteMultipleRegistersRequest(
+        address=address, registers=list(values), count=len(values), dev_id=unit
+    )
