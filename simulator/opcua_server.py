@@ -705,13 +705,19 @@ class OpcUaDevice:
     # -- faults -------------------------------------------------------------------------------
 
     async def begin_fault(self, index: int, fault: Fault) -> None:
-        """Apply fault ``index`` (its position in the device's fault list)."""
+        """Apply fault ``index`` (its position in the device's fault list).
+
+        The fault's ground-truth start is taken before anything changes: asyncua's server stop
+        takes up to about a second after the connections are closed, and clients see the
+        outage from its first moment.
+        """
         frozen_epoch = time.time()
+        began = utc_now()
         if isinstance(fault, OfflineFault):
             await self._shutdown()
             if self._building is None and not self._stopped:
                 self._building = asyncio.get_running_loop().create_task(self._build())
-        self.faults.active[index] = ActiveFault(fault, utc_now(), frozen_epoch=frozen_epoch)
+        self.faults.active[index] = ActiveFault(fault, began, frozen_epoch=frozen_epoch)
         log.info("device %s: fault %s begins", self.id, fault.kind)
         await self.update()
 
