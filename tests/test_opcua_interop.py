@@ -1,5 +1,9 @@
 """Interoperability: the connector against node-opcua, an OPC UA server that is not asyncua.
 
+Also where asyncua's server falls short: node-opcua implements the percent deadband (asyncua's
+server ignores it), checks written Variants against the variable's DataType, and serves
+EngineeringUnits with UNECE codes.
+
 The server (``tests/interop/node-opcua/server.js``, node-opcua pinned in its package-lock.json)
 runs as a subprocess on a free loopback port and is stopped by PID. The test command installs
 it with ``npm ci --prefix tests/interop/node-opcua``; when Node.js or the npm modules are
@@ -9,6 +13,7 @@ missing these tests FAIL with that instruction (never skip).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -21,12 +26,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from asyncua import ua
+from asyncua.ua.uaerrors import UaStatusCodeError
 
+from connectors.base import WriteError
 from connectors.opcua.browse import browse
 from connectors.opcua.certs import generate_self_signed
 from connectors.opcua.config import OpcUaAddress, OpcUaDeviceConfig
 from connectors.opcua.connector import OpcUaConnector, OpcUaPoint
-from gateway.quality import Q
+from gateway.quality import Q, is_bad
 from tests.opcua_helpers import collect, flat, of
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
@@ -183,6 +191,61 @@ async def test_secure_channel_with_user_and_password_against_node_opcua(tmp_path
     check_values(batches)
     assert all(s.source_time is not None for s in flat(batches))
     assert sorted(v["display_name"] for v in found) == [
-        "Counter", "Faulty", "Flag", "Label", "Sine", "Stale"
+        "Counter", "Faulty", "Flag", "Label", "Level", "Setpoint", "Sine", "Stale"
     ]
     assert {v["node_id"].split(";", 1)[1] for v in found} >= {"s=Interop.Counter"}
+
+
+async def test_percent_deadband_write_back_and_units_against_node_opcua(tmp_path: Path) -> None:
+    """Percent deadband of an AnalogItem's EURange (5 % of [0, 200] = 10 units), refused
+    without an EURange; a Float write typed from the node's DataType; units from UNECE codes."""
+
+    def p(key: str, name: str, **extra: Any) -> OpcUaPoint:
+        return OpcUaPoint(f"interop/server/{key}", OpcUaAddress(node_id=f"{NS};s=Interop.{name}",
+                                                                **extra))
+
+    pts = [
+        p("level-raw", "Level"),
+        p("level-pct", "Level", deadband_type="percent", deadband_value=5.0),
+        p("sine-pct", "Sine", deadband_type="percent", deadband_value=5.0),  # no EURange
+        p("setpoint", "Setpoint", mode="poll", poll_interval=0.2),
+    ]
+    with node_server(tmp_path) as server:
+        device = OpcUaDeviceConfig(
+            id="interop", endpoint=server.endpoint, security_policy="None", insecure=True,
+            publishing_interval=0.1, keepalive_count=5, watchdog=2.0, discover=False,
+        )
+        async with OpcUaConnector(device, pts) as conn:
+            batches = await collect(
+                conn, lambda b: len(of(b, "interop/server/level-pct")) >= 4, within=30.0
+            )
+            refused = dict(conn.stats.errors)
+            result = await conn.write("interop/server/setpoint", 42.25)
+            with pytest.raises(WriteError) as encode_error:
+                await conn.write("interop/server/setpoint", "high")
+            # node-opcua is strict about types: the Double a type-blind client would send fails.
+            node = conn.client.get_node(ua.NodeId.from_string(result.encoded.split()[1]))
+            with pytest.raises(UaStatusCodeError, match="BadTypeMismatch"):
+                await node.write_value(ua.Variant(42.25, ua.VariantType.Double))
+            polled = await collect(
+                conn, lambda b: len(of(b, "interop/server/setpoint")) >= 2, within=10.0
+            )
+        found = await browse(server.endpoint, pattern="Interop/*", insecure=True)
+    raw = [s.value for s in of(batches, "interop/server/level-raw")]
+    damped = [s.value for s in of(batches, "interop/server/level-pct")]
+    assert all(abs(b - a) > 10.0 for a, b in itertools.pairwise(damped)), damped  # type: ignore[operator]
+    assert len(raw) > 3 * len(damped)  # the 0.5-unit wobble reaches only the raw item
+    (sine,) = of(batches, "interop/server/sine-pct")  # the server refused the filter
+    assert is_bad(sine.quality)
+    assert sine.quality == 0x80440000  # BadMonitoredItemFilterUnsupported, node-opcua's answer
+    assert sine.value is None
+    assert refused["monitored_item"] == 1
+    assert result.encoded == "Write ns=2;s=Interop.Setpoint Float 42.25"
+    assert result.confirmed is not None
+    assert (result.confirmed.value, result.confirmed.quality) == (42.25, Q.GOOD)
+    assert encode_error.value.kind == "encode"
+    assert {s.value for s in of(polled, "interop/server/setpoint")} == {42.25}
+    by_name = {v["display_name"]: v for v in found}
+    assert (by_name["Level"]["unit"], by_name["Level"]["eu_range"]) == ("Cel", [0.0, 200.0])
+    assert by_name["Setpoint"]["access"] == "read_write"
+    assert by_name["Setpoint"]["data_type"] == "Float"

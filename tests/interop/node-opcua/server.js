@@ -11,6 +11,11 @@
 //   ...;s=Interop.Label   String   "tick-<second mod 10>"
 //   ...;s=Interop.Faulty  Double   status BadSensorFailure
 //   ...;s=Interop.Stale   Double   42.5 with status UncertainLastUsableValue
+//   ...;s=Interop.Level   Double   AnalogItem, EURange [0, 200], EngineeringUnits degree Celsius
+//                                  (UNECE CEL): 100 + 0.5 sin(2 pi t / 2 s) + 30 on odd 2-s
+//                                  periods, updated every 100 ms (percent deadband tests)
+//   ...;s=Interop.Setpoint Float   20.0, writable (CurrentRead | CurrentWrite); node-opcua
+//                                  refuses a Variant of another type (BadTypeMismatch)
 // Endpoints: SecurityPolicy None and Basic256Sha256 (Sign, SignAndEncrypt) on 127.0.0.1.
 // The ready file (JSON, written once listening) holds pid, endpoint and the server certificate path.
 "use strict";
@@ -25,6 +30,7 @@ const {
     StatusCodes,
     SecurityPolicy,
     MessageSecurityMode,
+    standardUnits,
 } = require("node-opcua");
 
 function parseArgs(argv) {
@@ -93,6 +99,24 @@ async function main() {
     const label = make("Label", "String", "");
     const faulty = make("Faulty", "Double", 0.0);
     const stale = make("Stale", "Double", 42.5);
+    const level = ns.addAnalogDataItem({
+        componentOf: device,
+        browseName: "Level",
+        nodeId: "s=Interop.Level",
+        dataType: "Double",
+        engineeringUnitsRange: { low: 0, high: 200 },
+        engineeringUnits: standardUnits.degree_celsius,
+        value: { dataType: DataType.Double, value: 100.0 },
+    });
+    ns.addVariable({
+        componentOf: device,
+        browseName: "Setpoint",
+        nodeId: "s=Interop.Setpoint",
+        dataType: "Float",
+        accessLevel: "CurrentRead | CurrentWrite",
+        userAccessLevel: "CurrentRead | CurrentWrite",
+        value: new Variant({ dataType: DataType.Float, value: 20.0 }),
+    });
 
     let last = -1;
     const update = () => {
@@ -101,6 +125,13 @@ async function main() {
         const now = new Date(nowMs);
         sine.setValueFromSource(
             new Variant({ dataType: DataType.Double, value: 10 * Math.sin((2 * Math.PI * (nowMs / 1000)) / 60) }),
+            StatusCodes.Good,
+            now,
+        );
+        const step = Math.floor(nowMs / 2000) % 2 === 1 ? 30 : 0;
+        const wobble = 0.5 * Math.sin((2 * Math.PI * (nowMs / 1000)) / 2);
+        level.setValueFromSource(
+            new Variant({ dataType: DataType.Double, value: 100 + wobble + step }),
             StatusCodes.Good,
             now,
         );
