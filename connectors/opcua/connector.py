@@ -23,6 +23,13 @@ Connecting (at most ``4 × timeout``):
 5. One subscription (even without subscription points: its keep-alives prove the session
    alive) and its monitored items (sampling interval, queue size, DataChangeFilter with
    deadband), TimestampsToReturn Both.
+6. Unless ``discover: false``: a background task walks the address space below
+   ``discover.start`` (bounded in depth, nodes and time, small Browse/Read calls) and keeps
+   the variables no point maps for `OpcUaConnector.unmapped`. It never delays `samples`.
+
+`OpcUaConnector.write` (write-back, `connectors.base.WritableConnector`) writes the Value
+attribute with a Variant of the node's built-in DataType (read once per point and connection),
+then reads the value back; it is serialized with the polled Reads.
 
 `samples` yields:
 
@@ -48,7 +55,8 @@ with a callback delivers every PublishResult, so keep-alives are seen exactly an
 response becomes one batch.
 
 Source: OPC UA Part 4 §5.5 (SecureChannel), §5.6.2-5.6.3 (CreateSession, ActivateSession,
-user token encryption §7.36.3), §5.10.2 (Read: MaxAge, TimestampsToReturn), §5.8.4
+user token encryption §7.36.3), §5.10.2 (Read: MaxAge, TimestampsToReturn), §5.10.4 (Write),
+§5.8.2 (Browse), §5.8.4
 (TranslateBrowsePathsToNodeIds), §5.12.2 (CreateMonitoredItems), §5.13.1-5.13.5
 (subscriptions: publishing interval, keep-alive count, lifetime count, Publish,
 StatusChangeNotification), §6.1.3 (certificate validation), Part 5 §6.3.11
@@ -914,6 +922,10 @@ class OpcUaConnector:
         except (UaError, OSError, ConnectError, ValueError) as exc:
             state, status.error = "failed", f"{type(exc).__name__}: {exc}"
             self.stats.errors["discovery_failed"] += 1
+        except Exception as exc:  # best effort on a foreign address space: never kill the link
+            state, status.error = "failed", f"{type(exc).__name__}: {exc}"
+            self.stats.errors["discovery_failed"] += 1
+            log.debug("%s: discovery failed", device.endpoint, exc_info=True)
         now = self._clock.utc_now()
         for info in found:
             known = self._unmapped.get(info["node_id"])
