@@ -15,7 +15,8 @@ Files in the data dir: ``gateway.db`` (store), ``sim-truth.jsonl`` / ``sim-mqtt-
 ``simulator-mqtt.log``.
 
 Stop order (Ctrl-C / SIGTERM): the gateway (its northbound publisher announces ``offline``),
-then the MQTT publishers, then the broker, then the Modbus simulator.
+then the MQTT publishers, then the broker, then the Modbus simulator. Both simulators get
+``--parent-pid``, so they also stop if the demo itself is killed.
 """
 
 from __future__ import annotations
@@ -112,6 +113,8 @@ def _start_simulator(data_dir: Path) -> tuple[subprocess.Popen[bytes], dict[str,
             str(data_dir / "sim-stats.json"),
             "--ready-file",
             str(ready),
+            "--parent-pid",
+            str(os.getpid()),
         ],
         stdout=log,
         stderr=subprocess.STDOUT,

@@ -1,7 +1,11 @@
-"""Command line: ``python -m simulator -c PROFILE.yaml [--truth P] [--stats P] [--ready-file P]``.
+"""Command line of the simulator (``python -m simulator``).
 
-Exit codes: 0 after SIGTERM/SIGINT (clean stop, truth and stats flushed), 1 when a device
-cannot listen, 2 for an invalid profile or arguments (message names the key path).
+Usage: ``python -m simulator -c PROFILE.yaml [--truth P] [--stats P] [--ready-file P]
+[--parent-pid PID]``.
+
+Exit codes: 0 after SIGTERM/SIGINT (clean stop, truth and stats flushed) or once the process
+given by ``--parent-pid`` is no longer the parent (it exited), 1 when a device cannot listen,
+2 for an invalid profile or arguments (message names the key path).
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 import time
@@ -19,6 +24,9 @@ from simulator.runner import SimulatorError, run
 EXIT_OK = 0
 EXIT_RUNTIME = 1
 EXIT_CONFIG = 2
+
+PARENT_CHECK_S = 0.5
+"""Seconds between two checks that the ``--parent-pid`` process is still the parent."""
 
 
 class _UtcFormatter(logging.Formatter):
@@ -49,8 +57,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--truth", help="ground-truth JSON Lines file (overrides the profile)")
     parser.add_argument("--stats", help="request counters JSON file (overrides the profile)")
     parser.add_argument("--ready-file", help="JSON file written once every device listens")
+    parser.add_argument(
+        "--parent-pid",
+        type=int,
+        default=None,
+        help="stop when this process is no longer the parent (it exited)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
+
+
+async def _watch_parent(pid: int, stop: asyncio.Event) -> None:
+    """Set ``stop`` once ``pid`` is no longer our parent (it exited and we were re-parented)."""
+    while not stop.is_set():
+        if os.getppid() != pid:
+            logging.getLogger("simulator").warning("parent process %d is gone: stopping", pid)
+            stop.set()
+            return
+        await asyncio.sleep(PARENT_CHECK_S)
 
 
 async def _serve(profile: Profile, args: argparse.Namespace) -> None:
@@ -58,7 +82,14 @@ async def _serve(profile: Profile, args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await run(profile, args.truth, args.stats, args.ready_file, stop)
+    watcher = None
+    if args.parent_pid is not None:
+        watcher = asyncio.create_task(_watch_parent(args.parent_pid, stop))
+    try:
+        await run(profile, args.truth, args.stats, args.ready_file, stop)
+    finally:
+        if watcher is not None:
+            watcher.cancel()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -212,17 +212,20 @@ class Publisher:
     def count_acks(self) -> int:
         """Move acknowledged QoS 1 messages into ``acked``; returns ``acked``.
 
-        Messages of a session that died unacknowledged stay pending (never counted).
+        Messages that paho could not send (not connected) are dropped uncounted; messages of
+        a session that died unacknowledged stay pending (never counted).
         """
         with self.lock:
-            pending = self.qos1_pending
-            while pending and pending[0].is_published():
-                pending.popleft()
-                self.acked += 1
-            if any(info.is_published() for info in pending):  # PUBACKs out of order
-                keep = deque(info for info in pending if not info.is_published())
-                self.acked += len(pending) - len(keep)
-                self.qos1_pending = keep
+            keep: deque[paho.MQTTMessageInfo] = deque()
+            for info in self.qos1_pending:
+                try:
+                    if info.is_published():
+                        self.acked += 1
+                    else:
+                        keep.append(info)
+                except (RuntimeError, ValueError):  # paho: publish failed, never acked
+                    continue
+            self.qos1_pending = keep
             return self.acked
 
     def die(self) -> None:
