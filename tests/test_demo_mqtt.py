@@ -5,15 +5,18 @@ that the MQTT assets are online next to the Modbus ones, that the scripted fault
 ``simulator/profiles/demo_mqtt.yaml`` (publisher silent, Sparkplug death) produced gaps whose
 bounds match the MQTT simulator's ground truth, that unmapped topics are listed, and that the
 in-process broker carries the gateway's northbound readings (read by an independent paho
-subscriber). Everything is stopped by PID.
+subscriber). Everything is stopped by PID. A second test covers the broker module alone
+(`gateway.demo_broker`): port fallback, MQTT 3.1.1 only, wills, clean stop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -26,6 +29,7 @@ import httpx
 import paho.mqtt.client as mqtt
 import pytest
 
+from gateway.demo_broker import DemoBroker
 from tests.gw_helpers import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
@@ -251,3 +255,69 @@ def test_demo_mqtt_assets_gaps_unmapped_and_northbound(demo: DemoProcess) -> Non
     assert "stopped; readings and gaps are kept in" in demo.output()
     wait_for(lambda: all(_gone(pid) for pid in sim_pids), timeout=15, what="simulators exited")
     assert "Traceback" not in demo.output(), demo.output()
+
+
+# ---------------------------------------------------------------------------------------------
+# The broker module alone
+
+
+def _client(client_id: str, protocol: int = mqtt.MQTTv311) -> mqtt.Client:
+    return mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol)
+
+
+async def test_demo_broker_port_fallback_wills_and_clean_stop() -> None:
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    busy_port = taken.getsockname()[1]
+    broker = DemoBroker(port=busy_port)
+    try:
+        port = await broker.start()
+        assert broker.fell_back
+        assert port != busy_port
+
+        got: list[tuple[str, bytes, bool]] = []
+        subscribed = threading.Event()
+        sub = _client("t-sub")
+        sub.on_subscribe = lambda *_a: subscribed.set()
+        sub.on_message = lambda _c, _u, m: got.append((m.topic, bytes(m.payload), bool(m.retain)))
+        await asyncio.to_thread(sub.connect, "127.0.0.1", port, 10)
+        sub.loop_start()
+        sub.subscribe("t/#", qos=1)
+        assert await asyncio.to_thread(subscribed.wait, 10)
+
+        pub = _client("t-pub")
+        pub.will_set("t/will", b"gone", qos=1)
+        await asyncio.to_thread(pub.connect, "127.0.0.1", port, 10)
+        pub.loop_start()
+        info = pub.publish("t/data", b"42", qos=1)
+        await asyncio.to_thread(info.wait_for_publish, 10)
+        assert info.is_published()  # PUBACK from the broker
+        wait = asyncio.to_thread
+        await wait(wait_for, lambda: ("t/data", b"42", False) in got, timeout=10, what="data")
+        assert broker.clients() == 2
+        # MQTT 3.1.1 has no DISCONNECT-with-will: drop the TCP connection, the will follows.
+        pub.loop_stop()
+        sock = pub.socket()
+        assert isinstance(sock, socket.socket)
+        sock.close()
+        await wait(wait_for, lambda: ("t/will", b"gone", False) in got, timeout=15, what="will")
+
+        # amqtt speaks MQTT 3.1.1 only: an MQTT 5 client is refused in CONNACK.
+        refused: list[str] = []
+        v5 = _client("t-v5", mqtt.MQTTv5)
+        v5.on_connect = lambda _c, _u, _f, rc, _p=None: refused.append(str(rc))
+        await asyncio.to_thread(v5.connect, "127.0.0.1", port, 10)
+        v5.loop_start()
+        try:
+            await wait(wait_for, lambda: refused, timeout=10, what="CONNACK to MQTT 5")
+        finally:
+            v5.loop_stop()
+        assert refused[0] == "Unsupported protocol version"
+        sub.loop_stop()
+    finally:
+        await broker.stop()
+        taken.close()
+    # Stopped: nothing listens on the port any more.
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
