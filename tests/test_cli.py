@@ -320,3 +320,38 @@ def test_certs_generate_pair_works_with_sign_and_encrypt(tmp_path: Path) -> None
         stats = sim.wait_stats(lambda s: s["devices"]["opc"]["sessions_created"] >= 2)
     assert all(s.quality == 0 for s in flat(batches))  # type: ignore[arg-type]
     assert stats["devices"]["opc"]["sessions_created"] == 2  # browse + connector, none refused
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(90)
+def test_browse_takes_endpoint_and_security_from_a_config_device(tmp_path: Path) -> None:
+    from tests.sim_helpers import start_simulator
+
+    with start_simulator(_opc_profile(), tmp_path) as sim:
+        endpoint = sim.ready["devices"]["opc"]["endpoint"]
+        config = tmp_path / "plant.yaml"
+        config.write_text(yaml.safe_dump({
+            "devices": [
+                {"id": "boiler-house", "protocol": "opcua", "endpoint": endpoint,
+                 "security_policy": "None", "insecure": True},
+                {"id": "plc", "host": "127.0.0.1", "port": 502},
+            ],
+        }))
+        found = _cli("browse", "-c", str(config), "--device", "boiler-house", "--filter", "Run",
+                     "--device-id", "ignored")
+        modbus = _cli("browse", "-c", str(config), "--device", "plc")
+        mixed = _cli("browse", "-c", str(config), "--device", "boiler-house", "--insecure")
+        unknown_start = _cli("browse", "-c", str(config), "--device", "boiler-house",
+                             "--start", "ns=2;s=NoSuchNode")
+    assert found.returncode == 0, found.stderr
+    (entry,) = yaml.safe_load(found.stdout)
+    assert (entry["device"], entry["node_id"], entry["value_type"]) == (
+        "boiler-house", "ns=2;s=Run", "bool",
+    )
+    assert (modbus.returncode, mixed.returncode) == (2, 2)
+    assert "--device: device 'plc' speaks modbus, not opcua" in modbus.stderr
+    assert "--config: the device's security settings are used; drop --insecure" in mixed.stderr
+    assert unknown_start.returncode == 1
+    assert "start node ns=2;s=NoSuchNode cannot be browsed: BadNodeId" in unknown_start.stderr
+    for proc in (modbus, mixed, unknown_start):
+        assert "Traceback" not in proc.stderr

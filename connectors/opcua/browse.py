@@ -36,10 +36,10 @@ from asyncua import ua
 from asyncua.client.client import Client
 from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.object_ids import ObjectIdNames, ObjectIds
-from asyncua.ua.uaerrors import UaError
+from asyncua.ua.uaerrors import UaError, UaStatusCodeError
 
 from connectors.base import ConnectError
-from connectors.opcua.codec import ValueKind, kind_of
+from connectors.opcua.codec import ValueKind, kind_of, status_name
 from connectors.opcua.config import OpcUaDeviceConfig, parse_node_id
 
 if TYPE_CHECKING:
@@ -179,8 +179,14 @@ async def _browse_refs(
     per_call: int,
     reference: int = ObjectIds.HierarchicalReferences,
     node_classes: int = _OBJECT_OR_VARIABLE,
+    *,
+    strict: bool = False,
 ) -> list[list[ua.ReferenceDescription]]:
-    """Forward references of ``nodes`` of type ``reference`` (and subtypes), all pages."""
+    """Forward references of ``nodes`` of type ``reference`` (and subtypes), all pages.
+
+    A node the server cannot browse (e.g. BadNodeIdUnknown) has no references, or, with
+    ``strict``, raises its `UaStatusCodeError`.
+    """
     out: list[list[ua.ReferenceDescription]] = []
     reference_id = _nid(reference)
     for start in range(0, len(nodes), per_call):
@@ -201,6 +207,8 @@ async def _browse_refs(
         )
         results = await client.uaclient.browse(params)
         for result in results:
+            if strict and result.StatusCode is not None:
+                result.StatusCode.check()  # raises UaStatusCodeError for a Bad status
             refs = list(result.References or [])
             point = result.ContinuationPoint
             while point:
@@ -305,6 +313,7 @@ async def walk(
         The variables reached, in browse-path order; nodes visited; whether it was truncated.
 
     Raises:
+        ConnectError: The start node cannot be browsed (e.g. BadNodeIdUnknown).
         UaError, OSError, TimeoutError: A Browse failed (asyncua's errors, unchanged).
 
     Source: OPC UA Part 4 §5.8.2, §5.8.3.
@@ -317,7 +326,13 @@ async def walk(
     for _ in range(depth):
         if not level or truncated:
             break
-        refs_per_node = await _browse_refs(client, [n for n, _ in level], per_call)
+        try:
+            refs_per_node = await _browse_refs(
+                client, [n for n, _ in level], per_call, strict=level[0][0] == start
+            )
+        except UaStatusCodeError as exc:
+            msg = f"start node {_node_text(start)} cannot be browsed: {status_name(exc.code)}"
+            raise ConnectError(msg) from exc
         next_level: list[tuple[ua.NodeId, str]] = []
         for (_, path), refs in zip(level, refs_per_node, strict=True):
             for ref in refs:
@@ -548,6 +563,9 @@ async def browse(
                 if matches(pattern, f) and _node_text(f.node_id) not in skip
             ][:limit]
             return await describe(client, selected, limits, device.source_prefix)
+        except ConnectError as exc:
+            msg = f"{endpoint}: {exc}"
+            raise ConnectError(msg) from exc
         except (UaError, OSError, TimeoutError) as exc:
             msg = f"{endpoint}: browse failed: {type(exc).__name__}: {exc}"
             raise ConnectError(msg) from exc
