@@ -433,7 +433,7 @@ class MqttConnector:
             identifier=device.effective_client_id,
             protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
             clean_session=None if v5 else device.clean_start,
-            clean_start=device.clean_start,
+            clean_start=device.clean_start if v5 else paho.MQTT_CLEAN_START_FIRST_ONLY,
             keepalive=device.keepalive,
             timeout=device.connect_timeout,
             properties=properties,

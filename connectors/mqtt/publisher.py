@@ -280,7 +280,7 @@ class MqttPublisher:
             identifier=cfg.client_id or f"otgw-pub-{self.gateway}",
             protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
             clean_session=None if v5 else True,
-            clean_start=True,
+            clean_start=True if v5 else paho.MQTT_CLEAN_START_FIRST_ONLY,
             keepalive=cfg.keepalive,
             will=will,
             tls_context=build_tls_context(cfg.tls, self.endpoint),
