@@ -388,6 +388,10 @@ def _auto_unit(number: float) -> TimestampUnit:
     return TimestampUnit.NS
 
 
+_last_timestamp: tuple[type, object, TimestampUnit, datetime] | None = None
+"""The latest numeric timestamp parsed: messages of one burst often share it."""
+
+
 def parse_timestamp(raw: object, unit: TimestampUnit) -> datetime:
     """Turn a payload timestamp into an aware UTC datetime (microsecond precision).
 
@@ -404,6 +408,18 @@ def parse_timestamp(raw: object, unit: TimestampUnit) -> datetime:
 
     Source: RFC 3339 §5.6 (date-time; an offset is mandatory).
     """
+    global _last_timestamp  # a one-entry cache of immutable values
+    last = _last_timestamp
+    kind = type(raw)
+    if last is not None and last[0] is kind and last[1] == raw and last[2] is unit:
+        return last[3]
+    ts = _parse_timestamp(raw, unit)
+    if kind is int or kind is float:
+        _last_timestamp = (kind, raw, unit, ts)
+    return ts
+
+
+def _parse_timestamp(raw: object, unit: TimestampUnit) -> datetime:
     if isinstance(raw, str) and unit in (TimestampUnit.RFC3339, TimestampUnit.AUTO):
         if len(raw) > 40 or not _RFC3339.match(raw):
             raise PayloadRejected("bad_timestamp", "not RFC 3339 with an offset")

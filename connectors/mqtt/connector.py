@@ -5,11 +5,20 @@ Lifecycle (DESIGN.md §3): ``async with MqttConnector(device, points):`` connect
 of received messages and raises `LinkLost` when the broker link drops (after yielding what
 was already received). The connector never sleeps on errors and never reconnects.
 
-Hot path: paho's ``on_message`` callback appends the raw message to a list and wakes the
-consumer; `samples` swaps the list out and decodes the whole burst into one batch, so the
-per-message cost is one topic lookup in a cache (topic -> mapping and point keys) plus the
-decoder. aiomqtt's own message queue and `Message` objects are bypassed (set up through
-``aiomqtt.Client._client``, the paho client: pinned by ``aiomqtt~=2.5``).
+Hot path: the connector reads the socket itself (`MqttConnector._on_readable` replaces
+aiomqtt's reader callback once connected): one ``recv`` of up to `RECV_BYTES` per readable
+event, every complete QoS 0 PUBLISH frame in it parsed in place into a ``(topic, payload, qos,
+retain, mid)`` tuple on the inbox, every other frame (CONNACK, SUBACK, PINGRESP, QoS 1/2
+PUBLISH, DISCONNECT, anything malformed) handed to paho unchanged through a buffered
+``_sock_recv``. paho's own read loop takes one packet per event loop iteration with three
+``recv`` calls and builds an `MQTTMessage` (with a `threading.Condition`) and MQTT 5
+`Properties` per message; measured here that was most of the cost of a QoS 0 stream
+(bench/mqtt_ingest.py, docs/benchmarks.md). The consumer is woken once per burst; `samples`
+swaps the inbox out and decodes the whole burst into one batch, so the per-message cost is one
+topic lookup in a cache (topic -> mapping and point keys) plus the decoder. aiomqtt's message
+queue and `Message` objects are bypassed (set up through ``aiomqtt.Client._client``, the paho
+client, and paho's ``_sock``/``_sock_recv``/``_in_packet``: pinned by ``aiomqtt~=2.5`` and
+``paho-mqtt>=2.1,<3``).
 
 Routing: a topic is matched against the mappings in order (first match wins); a Sparkplug B
 topic (``spBv1.0/...``) goes through `SparkplugSessions`. A topic that matches no mapping, or
@@ -118,6 +127,12 @@ MAX_ROUTE_CACHE = 100_000
 """Distinct topics whose routing is cached; the cache is cleared when full."""
 MAX_PACKET_OVERHEAD = 65_600
 """Bytes added to ``max_payload_bytes`` for the MQTT 5 Maximum Packet Size (header + topic)."""
+RECV_BYTES = 262_144
+"""Bytes read from the socket per readable event (≈ 2,500 small messages) [bytes]; a frame
+larger than this is accumulated by paho."""
+
+_Msg = tuple[str | None, bytes, int, bool, int]
+"""A received PUBLISH: (topic, or None when not UTF-8; payload; QoS; retain; packet id)."""
 
 
 class Clock(Protocol):
@@ -162,6 +177,7 @@ class _Route(NamedTuple):
     rule: _Rule
     keys: tuple[tuple[str, str], ...]  # (field name, point key) of the mapped fields
     unmapped: tuple[str, ...]  # keys resolved but not configured (or invalid)
+    by_field: dict[str, str]  # field name -> point key (``keys`` as a dict)
 
 
 @dataclass(slots=True)
@@ -271,7 +287,12 @@ class MqttConnector:
         self._subscriptions = self._subscription_list(mappings, own)
         self._client: aiomqtt.Client | None = None
         self._paho: paho.Client | None = None
-        self._inbox: list[paho.MQTTMessage] = []
+        self._inbox: list[_Msg] = []
+        self._v5 = device.mqtt_version == "5"
+        self._rbuf = b""  # bytes read from the socket, not yet parsed from ``_rpos`` on
+        self._rpos = 0
+        self._rx_error: Exception | None = None  # EOF/error seen by our recv, for paho
+        self._last_rx = 0.0  # monotonic time of the last bytes received (PINGRESP included)
         self._waiter: asyncio.Future[None] | None = None
         self._disconnected: asyncio.Future[None] | None = None
         self._unacked: deque[tuple[int, list[int]]] = deque()
@@ -441,6 +462,7 @@ class MqttConnector:
         )
         inner: paho.Client = client._client
         inner.on_message = self._on_message
+        setattr(inner, "_sock_recv", self._buffered_recv)  # noqa: B010 - overrides a method
         if self._manual_ack:
             inner.manual_ack_set(True)
         self._paho = inner
@@ -457,7 +479,8 @@ class MqttConnector:
         device = self._device
         client = self._make_client()
         self._inbox = []
-        self._last_in = self._clock.monotonic()
+        self._rbuf, self._rpos, self._rx_error = b"", 0, None
+        self._last_in = self._last_rx = self._clock.monotonic()
         try:
             await client.__aenter__()
         except aiomqtt.MqttError as exc:
@@ -465,6 +488,7 @@ class MqttConnector:
             raise ConnectError(msg) from exc
         self._client = client
         self._disconnected = client._disconnected
+        self._install_reader()
         subscriptions = self._subscriptions
         if subscriptions:
             try:
@@ -509,6 +533,173 @@ class MqttConnector:
 
     # -- receiving --------------------------------------------------------------------------
 
+    def _install_reader(self) -> None:
+        """Replace aiomqtt's reader callback on the connected socket with `_on_readable`."""
+        inner = self._paho
+        sock = inner.socket() if inner is not None else None
+        if sock is None:
+            return
+        asyncio.get_running_loop().add_reader(sock.fileno(), self._on_readable)
+
+    def _buffered_recv(self, bufsize: int) -> bytes:
+        """Serve paho's ``_sock_recv`` from the buffer while `_on_readable` reads the socket.
+
+        Before the reader is installed (connecting) the buffer is empty and the socket is read
+        directly, as paho does.
+        """
+        buf, pos = self._rbuf, self._rpos
+        if pos < len(buf):
+            end = min(len(buf), pos + bufsize)
+            self._rpos = end
+            return buf[pos:end]
+        if self._rx_error is not None:
+            error, self._rx_error = self._rx_error, None
+            if isinstance(error, EOFError):
+                return b""
+            raise error
+        inner = self._paho
+        if inner is None or inner._sock is None:
+            msg = "socket closed"
+            raise ConnectionError(msg)
+        if self._client is not None and self._disconnected is not None:
+            raise BlockingIOError  # the reader owns the socket: wait for the next event
+        try:
+            return inner._sock.recv(bufsize)
+        except ssl.SSLWantReadError as err:
+            raise BlockingIOError from err
+        except ssl.SSLWantWriteError as err:
+            inner._call_socket_register_write()
+            raise BlockingIOError from err
+
+    def _on_readable(self) -> None:
+        """The socket is readable: read once, parse QoS 0 PUBLISH frames, hand the rest to paho."""
+        try:
+            self._read_socket()
+        except Exception as exc:  # a broken link: the same outcome as aiomqtt's callback
+            disconnected = self._disconnected
+            if disconnected is not None and not disconnected.done():
+                disconnected.set_exception(exc)
+
+    def _read_socket(self) -> None:
+        inner = self._paho
+        sock = inner._sock if inner is not None else None
+        if inner is None or sock is None:
+            return
+        data = b""
+        while True:  # one recv; more only while TLS holds decrypted bytes epoll cannot see
+            try:
+                chunk = sock.recv(RECV_BYTES)
+            except (BlockingIOError, ssl.SSLWantReadError):
+                break
+            except ssl.SSLWantWriteError:
+                inner._call_socket_register_write()
+                break
+            except OSError as exc:
+                self._rx_error = exc
+                break
+            if not chunk:
+                self._rx_error = EOFError()  # paho reads b"" and handles the loss
+                break
+            data += chunk
+            pending = getattr(sock, "pending", None)
+            if pending is None or not pending():
+                break
+        if data:
+            now = self._clock.monotonic()
+            self._last_rx = now
+            with inner._msgtime_mutex:
+                inner._last_bytes_received = time.monotonic()  # paho's keep-alive check
+        buf = self._rbuf[self._rpos :] + data if self._rpos < len(self._rbuf) else data
+        self._rbuf, self._rpos = buf, 0
+        before = len(self._inbox)
+        self._parse(inner, buf)
+        if self._rx_error is not None and inner._sock is not None:
+            inner.loop_read()  # paho reads the EOF/error and runs its disconnect handling
+        if len(self._inbox) > before:
+            waiter = self._waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+
+    def _parse(self, inner: paho.Client, buf: bytes) -> None:
+        """Take complete frames from ``buf``; leave an incomplete tail in `_rbuf`/`_rpos`.
+
+        Source: MQTT 3.1.1 §2.2 (fixed header, remaining length), §3.3 (PUBLISH); MQTT 5.0
+        §3.3.2.3 (PUBLISH properties).
+        """
+        end = len(buf)
+        pos = 0
+        inbox = self._inbox
+        v5 = self._v5
+        while pos < end and inner._sock is not None:
+            if inner._in_packet["command"]:  # paho is inside a frame: let it continue
+                self._rpos = pos
+                inner.loop_read()
+                if self._rpos == pos:
+                    break
+                pos = self._rpos
+                continue
+            first = buf[pos]
+            i = pos + 1
+            length = 0
+            shift = 0
+            while i < end and i - pos <= 4:
+                byte = buf[i]
+                i += 1
+                length |= (byte & 0x7F) << shift
+                shift += 7
+                if byte < 0x80:
+                    break
+            else:
+                if i - pos <= 4:  # header incomplete: wait for more bytes
+                    break
+                length = -1  # malformed remaining length: paho rejects it
+            frame_end = i + length
+            if length >= 0 and frame_end > end and length <= RECV_BYTES:
+                break  # a small incomplete frame: keep it for the next read
+            if (first & 0xF6) == 0x30 and length >= 2 and frame_end <= end:
+                msg = self._publish_qos0(buf, first, i, frame_end, v5)
+                if msg is not None:
+                    pos = frame_end
+                    if len(inbox) >= MAX_INBOX:
+                        self.stats.errors["inbox_overflow"] += 1
+                    else:
+                        inbox.append(msg)
+                    continue
+            self._rpos = pos  # any other frame (or a large one) goes through paho
+            inner.loop_read()
+            if self._rpos == pos:
+                break
+            pos = self._rpos
+        self._rbuf, self._rpos = buf, pos
+
+    @staticmethod
+    def _publish_qos0(buf: bytes, first: int, start: int, end: int, v5: bool) -> _Msg | None:
+        """A QoS 0 PUBLISH frame's content, or None for paho to handle (topic alias, bad length)."""
+        t0 = start + 2
+        t1 = t0 + (buf[start] << 8 | buf[start + 1])
+        if t1 == t0 or t1 > end:
+            return None
+        p = t1
+        if v5:  # skip the properties (a topic alias only comes with an empty topic)
+            size = shift = 0
+            while p < end:
+                byte = buf[p]
+                p += 1
+                size |= (byte & 0x7F) << shift
+                shift += 7
+                if byte < 0x80:
+                    break
+            else:
+                return None
+            p += size
+            if p > end:
+                return None
+        try:
+            topic: str | None = buf[t0:t1].decode("utf-8")
+        except UnicodeDecodeError:
+            topic = None
+        return (topic, buf[p:end], 0, bool(first & 1), 0)
+
     def _on_message(self, _client: paho.Client, _userdata: Any, message: paho.MQTTMessage) -> None:  # noqa: ANN401
         inbox = self._inbox
         if len(inbox) >= MAX_INBOX:
@@ -516,7 +707,11 @@ class MqttConnector:
             if self._manual_ack and message.qos == 1 and self._paho is not None:
                 self._paho.ack(message.mid, 1)  # dropped: do not stall the session
             return
-        inbox.append(message)
+        try:
+            topic: str | None = message.topic
+        except UnicodeDecodeError:
+            topic = None
+        inbox.append((topic, bytes(message.payload), message.qos, message.retain, message.mid))
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -585,9 +780,7 @@ class MqttConnector:
                 inbox, self._inbox = self._inbox, []
                 await self._process(inbox, batch)
             else:
-                last_packet = self._last_packet_time()
-                if last_packet is not None:
-                    self._last_in = max(self._last_in, last_packet)
+                self._last_in = max(self._last_in, self._last_rx)
             if sessions.next_deadline() is not None:
                 await self._apply_tick(now, batch)
             if batch:
@@ -607,11 +800,6 @@ class MqttConnector:
                 msg = f"{self._device.endpoint}: nothing received for {silence:g} s (half-open)"
                 raise LinkLost(msg)
 
-    def _last_packet_time(self) -> float | None:
-        """Paho's monotonic time of the last packet received (PINGRESP included)."""
-        value = getattr(self._paho, "_last_msg_in", None)
-        return float(value) if isinstance(value, int | float) else None
-
     async def _apply_tick(self, now: float, batch: list[Sample]) -> None:
         outcome = self._sessions.tick(now)
         self.stats.errors.update(outcome.counts)
@@ -629,7 +817,7 @@ class MqttConnector:
         except aiomqtt.MqttError:
             self.stats.errors["rebirth_publish_failed"] += 1
 
-    async def _process(self, messages: list[paho.MQTTMessage], batch: list[Sample]) -> None:
+    async def _process(self, messages: list[_Msg], batch: list[Sample]) -> None:
         """Decode a burst into ``batch`` (the hot path)."""
         stats = self.stats
         errors = stats.errors
@@ -641,16 +829,15 @@ class MqttConnector:
         latest = received + self._max_future
         manual = self._manual_ack
         append = batch.append
-        for message in messages:
-            if manual and message.qos == 1:
-                self._pending_mids.append(message.mid)
-            try:
-                topic = message.topic
-            except UnicodeDecodeError:
+        sparkplug = bool(self._sp_rules)
+        for topic, payload, qos, retain, mid in messages:
+            if manual and qos == 1:
+                self._pending_mids.append(mid)
+            if topic is None:
                 errors["invalid_topic"] += 1
                 continue
-            if topic.startswith(NAMESPACE) and self._sp_rules:
-                await self._sparkplug(topic, message, received, batch)
+            if sparkplug and topic.startswith(NAMESPACE):
+                await self._sparkplug(topic, payload, received, batch)
                 continue
             if topic in routes:
                 route = routes[topic]
@@ -660,21 +847,20 @@ class MqttConnector:
                     routes.clear()
                 routes[topic] = route
             if route is None:
-                self._note_unmapped(topic, bytes(message.payload), received, "no_mapping")
+                self._note_unmapped(topic, payload, received, "no_mapping")
                 continue
             if route.unmapped:
-                self._note_unmapped(topic, bytes(message.payload), received, route.unmapped[0])
+                self._note_unmapped(topic, payload, received, route.unmapped[0])
                 if not route.keys:
                     continue
             rule = route.rule
-            payload = bytes(message.payload)
             try:
                 if rule.layout is None:
                     field = decode_plain(payload, rule.mapping.value_type, max_bytes)
                     key = route.keys[0][1]
                     if field.reason is not None:
                         errors[field.reason] += 1
-                    if rule.mapping.retained_max_age is not None and message.retain:
+                    if rule.mapping.retained_max_age is not None and retain:
                         errors["retained_no_timestamp"] += 1
                         continue
                     append(Sample(key, field.value, field.quality, None))
@@ -690,7 +876,7 @@ class MqttConnector:
                 errors["ts_adjusted"] += 1
                 source_time = None
             max_age = rule.mapping.retained_max_age
-            if max_age is not None and message.retain:
+            if max_age is not None and retain:
                 if source_time is None:
                     errors["retained_no_timestamp"] += 1
                     continue
@@ -699,7 +885,7 @@ class MqttConnector:
                     continue
             if result.missing:
                 errors["missing_field"] += len(result.missing)
-            keys = dict(route.keys)
+            keys = route.by_field
             for field in result.fields:
                 field_key = keys.get(field.name)
                 if field_key is None:
@@ -731,7 +917,7 @@ class MqttConnector:
                     unmapped.append("unknown_point")
                 else:
                     keys.append((name if m.decoder is Decoder.JSON else m.point, key))
-            return _Route(rule, tuple(keys), tuple(unmapped))
+            return _Route(rule, tuple(keys), tuple(unmapped), dict(keys))
         return None
 
     def _note_unmapped(self, topic: str, payload: bytes, when: datetime, reason: str) -> None:
@@ -795,26 +981,26 @@ class MqttConnector:
         )
 
     async def _sparkplug(
-        self, topic: str, message: paho.MQTTMessage, received: datetime, batch: list[Sample]
+        self, topic: str, payload: bytes, received: datetime, batch: list[Sample]
     ) -> None:
         errors = self.stats.errors
         parsed = parse_topic(topic)
         if parsed is None:
             errors["invalid_topic"] += 1
-            self._note_unmapped(topic, bytes(message.payload), received, "no_mapping")
+            self._note_unmapped(topic, payload, received, "no_mapping")
             return
         if parsed.kind is not MessageType.STATE and not self._sp_wanted(parsed.group, parsed.node):
-            self._note_unmapped(topic, bytes(message.payload), received, "no_mapping")
+            self._note_unmapped(topic, payload, received, "no_mapping")
             return
-        payload = None
+        decoded = None
         if parsed.kind not in (MessageType.NCMD, MessageType.DCMD, MessageType.STATE):
             try:
-                payload = decode_payload(bytes(message.payload), self._device.max_payload_bytes)
+                decoded = decode_payload(payload, self._device.max_payload_bytes)
             except PayloadRejected as exc:
                 errors[exc.reason] += 1
                 return
         now = self._clock.monotonic()
-        outcome = self._sessions.handle(parsed, payload, now, received)
+        outcome = self._sessions.handle(parsed, decoded, now, received)
         errors.update(outcome.counts)
         latest = received + self._max_future
         group, node = parsed.group, parsed.node
@@ -822,7 +1008,7 @@ class MqttConnector:
             key = self._sp_key(group, node, value.device, value.name)
             if key is None:
                 self._note_unmapped(
-                    f"{topic}#{value.name}", bytes(message.payload), received, "unknown_point"
+                    f"{topic}#{value.name}", payload, received, "unknown_point"
                 )
                 continue
             source_time = value.source_time
