@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from gateway.model import Reading, Sample, Value
-from gateway.quality import Q, is_bad
+from gateway.quality import Q
+
+_BAD = 0x80000000
+"""Severity bit of Bad quality codes (see `gateway.quality.is_bad`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +28,9 @@ class PointTransform:
         scale, offset: engineering = raw × scale + offset (numbers only; bool/str pass through).
         low, high: Engineering range; a value outside is Uncertain (EngineeringUnitsExceeded).
         source: Locator URI of the point.
+        identity: True when scale/offset leave the value unchanged (integers stay integers);
+            derived.
+        ranged: True when an engineering range bound is set; derived.
     """
 
     site: str
@@ -36,11 +42,12 @@ class PointTransform:
     low: float | None
     high: float | None
     source: str
+    identity: bool = field(init=False, compare=False, repr=False)
+    ranged: bool = field(init=False, compare=False, repr=False)
 
-    @property
-    def identity(self) -> bool:
-        """True when scale/offset leave the value unchanged (integers stay integers)."""
-        return self.scale == 1.0 and self.offset == 0.0
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "identity", self.scale == 1.0 and self.offset == 0.0)
+        object.__setattr__(self, "ranged", self.low is not None or self.high is not None)
 
 
 class Pipeline:
@@ -75,23 +82,28 @@ class Pipeline:
         """
         out: list[Reading] = []
         append = out.append
+        get = self._t.get
+        isfinite = math.isfinite
         for s in samples:
-            t = self._t.get(s.point_id)
+            t = get(s.point_id)
             if t is None:
                 self.unknown_points += 1
                 continue
             value: Value = s.value
             quality = s.quality
-            if is_bad(quality):
+            kind = type(value)
+            if quality & _BAD:  # is_bad, inlined: this loop runs once per reading
                 value = None
-            elif isinstance(value, int | float) and not isinstance(value, bool):
+            elif kind is float or kind is int or (
+                kind is not bool and isinstance(value, int | float)
+            ):
                 if not t.identity:
-                    value = value * t.scale + t.offset
-                if isinstance(value, float) and not math.isfinite(value):
+                    value = value * t.scale + t.offset  # type: ignore[operator]
+                if isinstance(value, float) and not isfinite(value):
                     self.non_finite += 1
                     value, quality = None, Q.BAD
-                elif (t.low is not None and value < t.low) or (
-                    t.high is not None and value > t.high
+                elif t.ranged and (
+                    (t.low is not None and value < t.low) or (t.high is not None and value > t.high)  # type: ignore[operator]
                 ):
                     self.out_of_range += 1
                     if quality == Q.GOOD:
@@ -103,7 +115,7 @@ class Pipeline:
                     t.point,
                     value,
                     t.unit,
-                    int(quality),
+                    quality if type(quality) is int else int(quality),
                     s.source_time or gateway_time,
                     gateway_time,
                     t.source,
