@@ -110,7 +110,8 @@ def measure(devices: int, registers: int, interval: float, window: float, work: 
         conn = wait_store(data / "gateway.db")
         over0 = metric_sum(url, "otgw_overruns_total")
         n0, c0, m0 = max_id(conn), cpu_seconds(gw.pid), time.monotonic()
-        th0 = thread_cpu(gw.pid)
+        pid = gw.pid
+        th0 = thread_cpu(pid)
         profiler = None
         if profile_to is not None:
             from profile_gateway import start_profile
@@ -152,7 +153,7 @@ def measure(devices: int, registers: int, interval: float, window: float, work: 
             "jitter_p99": pct(errors, 0.99),
             "on_time": sum(e <= interval / 2 for e in errors) / len(errors) if errors else float("nan"),
             "overruns": over1 - over0,
-            "threads": threads_share(gw.pid, th0, th1, m1 - m0),
+            "threads": threads_share(pid, th0, th1, m1 - m0),
         }
     finally:
         stop(gw)

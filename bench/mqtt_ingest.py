@@ -199,6 +199,7 @@ def run_gateway(rate: float, window: float, warmup: float = 5.0, grace: float = 
                 time.sleep(max(0.0, s0 - time.time()))
                 n0, c0, m0 = max_id(conn), cpu_seconds(gw.pid), time.monotonic()
                 th0 = thread_cpu(gw.pid)
+                b0, p0 = cpu_seconds(broker.pid), cpu_seconds(pub.pid)
                 profiler = None
                 if profile_to is not None:
                     from profile_gateway import start_profile
@@ -206,6 +207,7 @@ def run_gateway(rate: float, window: float, warmup: float = 5.0, grace: float = 
                 time.sleep(max(0.0, s1 - time.time()))
                 n1, c1, m1 = max_id(conn), cpu_seconds(gw.pid), time.monotonic()
                 th1 = thread_cpu(gw.pid)
+                b1, p1 = cpu_seconds(broker.pid), cpu_seconds(pub.pid)
                 pub.wait(warmup + window + 60)
                 stats = json.loads(stats_path.read_text())
                 expected = sent_in(stats, s0, s1)
@@ -230,6 +232,7 @@ def run_gateway(rate: float, window: float, warmup: float = 5.0, grace: float = 
                     "lat_p50": pct(watcher.latencies, 0.5), "lat_p99": pct(watcher.latencies, 0.99),
                     "publisher_rate": stats["sent"] / stats["seconds"],
                     "threads": threads_share(gw.pid, th0, th1, m1 - m0),
+                    "broker_cpu": (b1 - b0) / (m1 - m0), "publisher_cpu": (p1 - p0) / (m1 - m0),
                 }
             finally:
                 stop(pub)
@@ -291,9 +294,13 @@ def subscribe(client: str, port: int, counts: Path) -> int:
                     dump()
                     await asyncio.sleep(0.2)
 
-            task = asyncio.create_task(dumper())
+            task = asyncio.create_task(dumper())  # while idle
+            next_dump = 0.0
             async for _message in c.messages:
                 received += 1
+                if not received % 256 and time.monotonic() >= next_dump:  # while busy
+                    dump()
+                    next_dump = time.monotonic() + 0.2
                 if stopping:
                     break
             task.cancel()
@@ -319,8 +326,10 @@ def run_floor(client: str, rate: float, window: float, warmup: float = 3.0) -> d
                 pub, stats_path = start_publisher(broker.port, rate, warmup + window, work)
                 time.sleep(warmup)
                 r0, c0, m0 = json.loads(counts.read_text())["received"], cpu_seconds(sub.pid), time.monotonic()
+                b0 = cpu_seconds(broker.pid)
                 time.sleep(window)
                 r1, c1, m1 = json.loads(counts.read_text())["received"], cpu_seconds(sub.pid), time.monotonic()
+                b1 = cpu_seconds(broker.pid)
                 pub.wait(60)
                 sent = json.loads(stats_path.read_text())["sent"]
                 end = time.monotonic() + 10
@@ -335,7 +344,8 @@ def run_floor(client: str, rate: float, window: float, warmup: float = 3.0) -> d
                 return {"rate": rate, "received_s": got / (m1 - m0),
                         "delivered": total / sent if sent else float("nan"),
                         "cpu_per_1k": (c1 - c0) / max(got, 1) * 1000,
-                        "cpu_frac": (c1 - c0) / (m1 - m0), "rss_mb": rss}
+                        "cpu_frac": (c1 - c0) / (m1 - m0), "rss_mb": rss,
+                        "broker_cpu": (b1 - b0) / (m1 - m0)}
             finally:
                 stop(pub)
                 stop(sub)
