@@ -1,30 +1,43 @@
 """The FastAPI application factory: `create_app(ctx)`.
 
 No module-level app: the runtime (or a test) builds one per `ApiContext`. Safe defaults (S9):
-no CORS middleware, `TrustedHostMiddleware` limited to loopback names, docs can be switched off.
+no CORS middleware unless ``api.cors_origins`` lists origins, `TrustedHostMiddleware` limited
+to loopback names, a request body limit (``api.max_body_bytes``, 413), docs can be switched off.
+
+Security (issue #7, docs/security.md): bearer tokens with roles from ``api.auth``
+(`gateway.api.auth`); with ``read_requires_token`` every ``/api/v1`` read and ``/metrics``
+need a token of any role (``/healthz``, ``/readyz``, the page, its files and the OpenAPI schema
+stay open: they carry no plant data). Writes (`gateway.api.routes.write`) need ``operator``,
+the audit log (`gateway.api.routes.audit`) ``admin``, whatever ``read_requires_token`` says.
 """
 
 from __future__ import annotations
 
 import logging
 import weakref
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import cast
+from pathlib import Path
+from typing import Any, cast
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
+from starlette.datastructures import Headers
 from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import __version__
+from gateway.api.auth import Authenticator, require_reader
 from gateway.api.cache import ViewCache
 from gateway.api.context import ApiContext
 from gateway.api.routes import (
     assets,
+    audit,
     coverage,
     devices,
     gaps,
@@ -36,8 +49,14 @@ from gateway.api.routes import (
     sites,
     stream,
     unmapped,
+    write,
 )
+from gateway.api.schemas import ErrorOut
+from gateway.audit import RESULTS, AuditLog
+from gateway.config import GatewayConfig
+from gateway.model import Value
 from gateway.stream import DEFAULT_BUFFER, DEFAULT_MAX_SUBSCRIBERS, ListenerSource, StreamHub
+from gateway.writeback import WriteService, close_quietly
 
 logger = logging.getLogger(__name__)
 
@@ -87,18 +106,57 @@ class StreamCollector(Collector):
         )
 
 
+class SecurityCollector(Collector):
+    """Audit and authentication figures of the newest app built on a registry."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.app = app
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        """Yield ``otgw_audit_events_total{result}`` and the authentication counters."""
+        state = self.app.state
+        auth: Authenticator = state.auth
+        log: AuditLog | None = state.audit_log_current
+        counts = log.counts if log is not None else {}
+        events = CounterMetricFamily(
+            "otgw_audit_events",
+            "Write attempts recorded in the audit log since start, by result",
+            labels=["result"],
+        )
+        for result in RESULTS:
+            events.add_metric([result], counts.get(result, 0))
+        yield events
+        yield CounterMetricFamily(
+            "otgw_api_auth_failures",
+            "Requests with an invalid bearer token (401 invalid_token)",
+            value=auth.limiter.failures_total,
+        )
+        yield CounterMetricFamily(
+            "otgw_api_auth_rate_limited",
+            "Requests refused with 429 for too many failed authentications",
+            value=auth.limiter.limited_total,
+        )
+
+
 _COLLECTORS: weakref.WeakKeyDictionary[CollectorRegistry, StreamCollector] = (
+    weakref.WeakKeyDictionary()
+)
+_SECURITY: weakref.WeakKeyDictionary[CollectorRegistry, SecurityCollector] = (
     weakref.WeakKeyDictionary()
 )
 
 
-def _register_stream_metrics(ctx: ApiContext, hub: StreamHub) -> None:
-    """Expose the hub on the context's registry (once per registry; the newest hub wins)."""
+def _registry(ctx: ApiContext) -> CollectorRegistry | None:
     try:
-        registry = ctx.metrics_registry()
+        return ctx.metrics_registry()
     except Exception:
         logger.exception("api: metrics registry unavailable")
-        return
+        return None
+
+
+def _register_stream_metrics(ctx: ApiContext, hub: StreamHub) -> None:
+    """Expose the hub on the context's registry (once per registry; the newest hub wins)."""
+    registry = _registry(ctx)
     if registry is None:
         return
     existing = _COLLECTORS.get(registry)
@@ -114,10 +172,105 @@ def _register_stream_metrics(ctx: ApiContext, hub: StreamHub) -> None:
     _COLLECTORS[registry] = collector
 
 
+def _register_security_metrics(ctx: ApiContext, app: FastAPI) -> None:
+    """Expose audit/auth counters on the context's registry (the newest app wins)."""
+    registry = _registry(ctx)
+    if registry is None:
+        return
+    existing = _SECURITY.get(registry)
+    if existing is not None:
+        existing.app = app
+        return
+    collector = SecurityCollector(app)
+    try:
+        registry.register(collector)
+    except ValueError:
+        logger.warning("api: security metrics not registered (duplicate names)")
+        return
+    _SECURITY[registry] = collector
+
+
+class BodyLimitMiddleware:
+    """Refuse request bodies over ``max_bytes`` with 413 before the app reads them (M11, S7).
+
+    A ``Content-Length`` over the limit is refused at once, without reading the body. A body
+    of unknown length (chunked) on POST/PUT/PATCH/DELETE is read here up to the limit: over it,
+    413 and the rest is never read; within it, the app gets the body as one message. Starlette
+    has no limit of its own.
+
+    Args:
+        app: The ASGI app.
+        max_bytes: Largest body accepted [bytes].
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Handle one ASGI connection scope."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        length = headers.get("content-length")
+        if length is not None:
+            try:
+                too_large = int(length) > self.max_bytes
+            except ValueError:
+                too_large = True
+            if too_large:
+                await self._refuse(scope, receive, send)
+                return
+            await self.app(scope, receive, send)
+            return
+        if scope["method"] not in ("POST", "PUT", "PATCH", "DELETE"):
+            await self.app(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                await self.app(scope, _replay([message], receive), send)
+                return
+            body = message.get("body", b"")
+            size += len(body)
+            if size > self.max_bytes:
+                await self._refuse(scope, receive, send)
+                return
+            chunks.append(body)
+            if not message.get("more_body", False):
+                break
+        whole: Message = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+        await self.app(scope, _replay([whole], receive), send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = JSONResponse(
+            {"detail": f"request body too large (limit {self.max_bytes} bytes)"},
+            status_code=413,
+            headers={"Connection": "close"},
+        )
+        await response(scope, receive, send)
+
+
+def _replay(messages: list[Message], receive: Receive) -> Receive:
+    """A receive callable that returns ``messages`` first, then defers to ``receive``."""
+    pending = list(messages)
+
+    async def replay() -> Message:
+        if pending:
+            return pending.pop(0)
+        return await receive()
+
+    return replay
+
+
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     logger.info("api: started (%s %s)", app.title, app.version)
     yield
+    await close_quietly(app.state.audit_log_current)
     logger.info("api: stopped")
 
 
@@ -127,9 +280,42 @@ async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": "internal server error"}, status_code=500)
 
 
+def _audit_provider(app: FastAPI, ctx: ApiContext) -> None:
+    """Set ``app.state.audit_log``: returns the audit log in the store's file, or None.
+
+    Resolved at each call (the store opens when the runtime starts, possibly after the app is
+    built); one `AuditLog` per store path.
+    """
+    app.state.audit_log_current = None
+
+    def provider() -> AuditLog | None:
+        store = getattr(ctx, "store", None)
+        path = getattr(store, "path", None)
+        if path is None:
+            return None
+        current: AuditLog | None = app.state.audit_log_current
+        if current is None or current.path != Path(path):
+            current = AuditLog(Path(path))
+            app.state.audit_log_current = current
+        return current
+
+    app.state.audit_log = provider
+
+
+def _last_value(ctx: ApiContext) -> Any:  # noqa: ANN401 - a callable for WriteService
+    def last_value(site: str, asset: str, point: str) -> tuple[Value, int | None]:
+        view = ctx.inventory.point(site, asset, point, ctx.now())
+        if view is None:
+            return None, None
+        return view.value, view.quality
+
+    return last_value
+
+
 def create_app(
     ctx: ApiContext,
     *,
+    config: GatewayConfig | None = None,
     docs: bool = True,
     allowed_hosts: Sequence[str] | None = DEFAULT_ALLOWED_HOSTS,
     stream_buffer: int = DEFAULT_BUFFER,
@@ -141,6 +327,9 @@ def create_app(
 
     Args:
         ctx: The running gateway as the API sees it.
+        config: The gateway config (``api`` security settings, ``writes``, points); default
+            ``ctx.cfg`` when the context has one (the runtime does), else the defaults (no
+            tokens, open reads, writes disabled).
         docs: Serve Swagger UI at ``/docs`` (the schema stays at ``/openapi.json``).
         allowed_hosts: Accepted ``Host`` header names (``TrustedHostMiddleware``; a request
             with another host gets 400). None or ``["*"]`` accepts any host, e.g. when bound
@@ -152,9 +341,12 @@ def create_app(
             disconnected [s].
 
     Returns:
-        A FastAPI app; routes under ``/api/v1`` plus ``/healthz``, ``/readyz``, ``/metrics``
-        and the page at ``/``.
+        A FastAPI app; routes under ``/api/v1`` (reads, the write route, the audit log) plus
+        ``/healthz``, ``/readyz``, ``/metrics`` and the page at ``/``.
     """
+    cfg = config if config is not None else getattr(ctx, "cfg", None)
+    if not isinstance(cfg, GatewayConfig):
+        cfg = GatewayConfig()
     app = FastAPI(
         title="ot-gateway",
         version=__version__,
@@ -174,13 +366,40 @@ def create_app(
     app.state.stream_heartbeat = stream_heartbeat
     app.state.stream_send_timeout = stream_send_timeout
     _register_stream_metrics(ctx, hub)
+    auth = Authenticator(cfg.api.auth)
+    app.state.auth = auth
+    _audit_provider(app, ctx)
+    run_states: Mapping[str, object] = getattr(ctx, "devices", None) or {}
+    app.state.writes = WriteService(cfg, run_states, app.state.audit_log, _last_value(ctx))
+    _register_security_metrics(ctx, app)
     app.add_exception_handler(Exception, _unhandled)
     if allowed_hosts is not None and "*" not in allowed_hosts:
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
+    app.add_middleware(BodyLimitMiddleware, max_bytes=cfg.api.max_body_bytes)
+    if cfg.api.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(cfg.api.cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+            expose_headers=["X-Request-ID", "Retry-After"],
+            allow_credentials=False,
+        )
+    reads: dict[str, Any] = {}
+    if auth.read_requires_token:
+        reads = {
+            "dependencies": [Depends(require_reader)],
+            "responses": {
+                401: {"model": ErrorOut, "description": "Missing or invalid token"},
+                429: {"model": ErrorOut, "description": "Too many failed authentications"},
+            },
+        }
     resources = (sites, assets, devices, gaps, coverage, readings, stream, sinks, unmapped)
     for resource in resources:
-        app.include_router(resource.router, prefix=API_PREFIX)
+        app.include_router(resource.router, prefix=API_PREFIX, **reads)
+    app.include_router(write.router, prefix=API_PREFIX)
+    app.include_router(audit.router, prefix=API_PREFIX)
     app.include_router(health.router)
-    app.include_router(metrics.router)
+    app.include_router(metrics.router, **reads)
     app.include_router(home.router)
     return app

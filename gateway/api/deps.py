@@ -34,6 +34,7 @@ SiteId = Annotated[
     str, Path(pattern=SLUG, description="Site id (slug `[a-z0-9][a-z0-9_.-]{0,62}`)")
 ]
 AssetId = Annotated[str, Path(pattern=SLUG, description="Asset id within its site (slug)")]
+PointId = Annotated[str, Path(pattern=SLUG, description="Point id within its asset (slug)")]
 
 TIME_DOC = (
     "RFC 3339 time with an offset, e.g. `2026-01-02T03:04:05Z`; a time without an offset is "
