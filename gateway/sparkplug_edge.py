@@ -90,6 +90,7 @@ from typing import Any, Literal, Protocol, Self
 
 import aiomqtt
 import paho.mqtt.client as paho
+from paho.mqtt.reasoncodes import ReasonCode
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
@@ -660,10 +661,10 @@ class SparkplugEdgeNode:
         """Follow the inventory: DDEATH for assets gone offline, DBIRTH for those back.
 
         Called every second by the runtime. A device is wanted alive while its asset is
-        ``online`` or ``degraded``. For alive devices whose points changed state, points
-        that turned stale (``offline``) with a usable last value are queued once more with
-        quality UncertainLastUsableValue, i.e. Sparkplug STALE. The births and deaths are
-        published by the session task, in order with the queued readings.
+        ``online`` or ``degraded``. For alive devices whose points changed state, each point
+        that turned stale (``offline``) with a usable last value is queued for one DDATA
+        metric with that value and quality STALE (500). Births and deaths are published by
+        the session task, after the readings queued before this call.
 
         Args:
             now: Current time (aware UTC), for the inventory's state evaluation.
@@ -960,7 +961,13 @@ class SparkplugEdgeNode:
         inner = self._paho
         assert inner is not None  # noqa: S101 - set with the client
         disconnected: asyncio.Future[None] = client._disconnected
-        await client.subscribe(self._node_topics["NCMD"], qos=1)
+        granted = await client.subscribe(self._node_topics["NCMD"], qos=1)
+        if any(
+            code.is_failure if isinstance(code, ReasonCode) else code >= 0x80 for code in granted
+        ):
+            log.warning(  # Rebirth requests will not arrive; data still flows
+                "%s: subscription to %s refused", self.endpoint, self._node_topics["NCMD"]
+            )
         reader = asyncio.create_task(self._read_commands(client), name="sparkplug-ncmd")
         try:
             self._rebirth_pending = False
@@ -983,8 +990,10 @@ class SparkplugEdgeNode:
                 else:
                     # queue first: readings of a device about to be born go into its DBIRTH;
                     # readings of a device about to die are sent before its DDEATH
-                    sent = bool(self._queue) and (
-                        not self._stopping.is_set() or monotonic() < self._stop_deadline
+                    sent = (
+                        bool(self._queue)
+                        and not self._rebirth_pending  # stopping: no DATA before a rebirth
+                        and (not self._stopping.is_set() or monotonic() < self._stop_deadline)
                     )
                     if sent:
                         await self._send_some(inner, disconnected)
