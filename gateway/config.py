@@ -34,6 +34,7 @@ from pydantic import (
 from connectors.modbus.config import ModbusAddress, ModbusDeviceConfig
 from connectors.mqtt.config import MqttAddress, MqttDeviceConfig, MqttPublisherConfig
 from connectors.opcua.config import AcquisitionMode, OpcUaAddress, OpcUaDeviceConfig
+from gateway.sparkplug_config import SparkplugEdgeConfig
 
 _STRICT = ConfigDict(extra="forbid", frozen=True)
 SLUG = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
@@ -374,12 +375,17 @@ class NorthboundConfig(BaseModel):
     Attributes:
         mqtt: The MQTT publisher (broker, topic templates, QoS, batching, retained gateway
             birth/death and per-asset state); None = off.
+        sparkplug: The Sparkplug B edge node (one device per asset, one metric per point;
+            docs/sparkplug-edge.md); None = off.
     """
 
     model_config = _STRICT
 
     mqtt: MqttPublisherConfig | None = Field(
         default=None, description="Publish readings and gateway state to an MQTT broker"
+    )
+    sparkplug: SparkplugEdgeConfig | None = Field(
+        default=None, description="Act as a Sparkplug B edge node (docs/sparkplug-edge.md)"
     )
 
 

@@ -34,6 +34,8 @@ if TYPE_CHECKING:
     from connectors.mqtt.connector import MqttPoint
     from connectors.opcua.connector import OpcUaPoint
     from gateway.northbound import MqttNorthbound
+    from gateway.sparkplug_config import SparkplugEdgeConfig
+    from gateway.sparkplug_edge import SparkplugEdgeNode
 
 from connectors.base import ConnectError, Connector, LinkLost
 from connectors.modbus.plan import ModbusPoint
@@ -221,6 +223,7 @@ class Runtime:
         self.store: Store | None = None
         self.forwarders: list[Forwarder] = []
         self.northbound: MqttNorthbound | None = None
+        self.sparkplug: SparkplugEdgeNode | None = None
         self.store_stats: dict[str, int] = {}
         self._overflow_gaps: dict[str, Gap] = {}
         self._intervals = {p.key: p.expected_interval for p in self.spec.points}
@@ -294,6 +297,8 @@ class Runtime:
             )
         if self.cfg.northbound.mqtt is not None:
             await self._start_northbound(self.cfg.northbound.mqtt)
+        if self.cfg.northbound.sparkplug is not None:
+            await self._start_sparkplug(self.cfg.northbound.sparkplug)
         self.store_stats = await self.store.stats()
         self._tasks.append(asyncio.create_task(self._writer(), name="writer"))
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
@@ -325,6 +330,17 @@ class Runtime:
         self.add_listener(self.northbound.listener)
         await self.northbound.start()
 
+    async def _start_sparkplug(self, cfg: SparkplugEdgeConfig) -> None:
+        """Create and start the Sparkplug B edge node (`gateway.sparkplug_edge`)."""
+        from gateway.sparkplug_edge import SparkplugEdgeNode  # only when configured
+
+        self.sparkplug = SparkplugEdgeNode(
+            cfg, self.cfg.gateway.name, self.inventory, self.spec.points, state_dir=self.data_dir
+        )
+        self.registry.register(self.sparkplug)
+        self.add_listener(self.sparkplug.listener)
+        await self.sparkplug.start()
+
     async def stop(self) -> None:
         """Stop polling, commit what is queued, stop forwarding, record `last_alive`, close.
 
@@ -352,6 +368,9 @@ class Runtime:
         if self.northbound is not None:
             self.remove_listener(self.northbound.listener)
             await self.northbound.stop()
+        if self.sparkplug is not None:
+            self.remove_listener(self.sparkplug.listener)
+            await self.sparkplug.stop()  # NDEATH, then DISCONNECT
         if self.store is not None:
             await self.store.set_meta("last_alive", to_rfc3339(utc_now()) or "")
             await self.store.close()
@@ -404,7 +423,9 @@ class Runtime:
             "alarms": list(self.alarms),
             "sinks": sinks,
             "sinks_degraded": [s["name"] for s in sinks if s["state"] == "degraded"],
-            "northbound": [self.northbound.status()] if self.northbound is not None else [],
+            "northbound": [
+                nb.status() for nb in (self.northbound, self.sparkplug) if nb is not None
+            ],
         }
 
     def sink_status(self) -> list[dict[str, object]]:
@@ -531,6 +552,8 @@ class Runtime:
                 await self.northbound.refresh_coverage(
                     now, self.usable_counts, self.monitored_since
                 )
+            if self.sparkplug is not None:
+                await self.sparkplug.refresh_states(now)
             if monotonic() >= next_beat:
                 next_beat += HEARTBEAT_S
                 await self.store.set_meta("last_alive", to_rfc3339(now) or "")

@@ -195,3 +195,60 @@ def test_readings_birth_asset_state_and_last_will(tmp_path: Path) -> None:
         finally:
             gw.stop()
             sub.stop()
+
+
+def test_sparkplug_edge_node_through_the_gateway(tmp_path: Path) -> None:
+    """``northbound.sparkplug`` wired: NBIRTH, DBIRTH with the scaled value, DDATA, NDEATH."""
+    from connectors.mqtt import sparkplug_b_pb2 as pb
+
+    with Mosquitto(tmp_path / "broker") as broker:
+        received: list[tuple[str, Any]] = []
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="spb-host")
+
+        def on_message(_c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
+            payload = pb.Payload()
+            payload.ParseFromString(msg.payload)
+            received.append((msg.topic, payload))
+
+        client.on_message = on_message
+        client.connect("127.0.0.1", broker.port)
+        client.subscribe("spBv1.0/#", qos=1)
+        client.loop_start()
+        cfg = _config(broker.port, tmp_path / "data")
+        del cfg["northbound"]["mqtt"]
+        cfg["northbound"]["sparkplug"] = {"host": "127.0.0.1", "port": broker.port,
+                                          "group_id": "plant", "device_id": "{asset}"}
+        gw = GatewayProcess(cfg, tmp_path)
+        try:
+            gw.start()
+            wait_for(lambda: gw.get("/api/v1/devices")[0]["link_up"], timeout=20, what="link")
+            wait_for(lambda: any("NBIRTH" in t for t, _ in received), timeout=20, what="NBIRTH")
+            _publish(broker.port, [("plant/north/pump-1/flow", b"125")])
+
+            def births() -> list[Any]:
+                return [p for t, p in received if t == "spBv1.0/plant/DBIRTH/gw-north/pump-1"]
+
+            def flow_value() -> float | None:
+                for t, p in received:
+                    if t.endswith("/pump-1") and ("DBIRTH" in t or "DDATA" in t):
+                        for m in p.metrics:
+                            if m.name == "flow" and not m.is_null:
+                                return float(m.double_value or m.float_value)
+                return None
+
+            value = wait_for(flow_value, timeout=20, what="flow in DBIRTH or DDATA")
+            assert value == pytest.approx(12.5)
+            assert births(), "a DBIRTH for the online asset"
+            nbirth = next(p for t, p in received if t == "spBv1.0/plant/NBIRTH/gw-north")
+            bdseq = next(m.long_value for m in nbirth.metrics if m.name == "bdSeq")
+            ready = gw.get("/readyz")["details"]["northbound"]
+            assert ready[0]["connected"] is True
+            assert gw.stop() == 0, gw.log()
+            death = wait_for(
+                lambda: next((p for t, p in received if t == "spBv1.0/plant/NDEATH/gw-north"),
+                             None), timeout=20, what="NDEATH")
+            assert next(m.long_value for m in death.metrics if m.name == "bdSeq") == bdseq
+        finally:
+            gw.stop()
+            client.loop_stop()
+            client.disconnect()
