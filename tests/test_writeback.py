@@ -114,11 +114,17 @@ def tokens() -> list[dict[str, Any]]:
 
 
 def gateway_config(
-    sim_port: int, data_dir: Path, *, writes: dict[str, Any] | None, **api: Any
+    sim_port: int,
+    data_dir: Path,
+    *,
+    writes: dict[str, Any] | None,
+    extra_tokens: list[dict[str, Any]] | None = None,
+    **api: Any,
 ) -> dict[str, Any]:
+    auth = {"tokens": tokens() + (extra_tokens or []), **api.pop("auth", {})}
     cfg: dict[str, Any] = {
         "gateway": {"name": "write-gw", "data_dir": str(data_dir)},
-        "api": {"port": 0, "auth": {"tokens": tokens()}, **api},
+        "api": {"port": 0, "auth": auth, **api},
         "reconnect": {"initial": 0.1, "max": 0.5},
         "devices": [
             {"id": "plc", "host": "127.0.0.1", "port": sim_port, "poll_interval": INTERVAL,
@@ -183,13 +189,21 @@ class Plant:
 
 @contextlib.contextmanager
 def start_plant(tmp: Path, *, writes: dict[str, Any] | None,
-                sim_extra: dict[str, Any] | None = None, **api: Any) -> Iterator[Plant]:
+                sim_extra: dict[str, Any] | None = None,
+                config_extra: dict[str, Any] | None = None,
+                extra_tokens: list[dict[str, Any]] | None = None,
+                env: dict[str, str] | None = None, **api: Any) -> Iterator[Plant]:
+    """Simulator + gateway; ``api`` goes to the ``api`` section, ``config_extra`` to the top."""
     profile = {"devices": [{"id": "plc", "registers": REGISTERS, **(sim_extra or {})}]}
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(TOKEN_ENV, OPERATOR)
+        for name, value in (env or {}).items():
+            mp.setenv(name, value)
         with start_simulator(profile, tmp / "sim") as sim:
-            gw = GatewayProcess(gateway_config(sim.ports["plc"], tmp / "data", writes=writes,
-                                               **api), tmp)
+            cfg = gateway_config(sim.ports["plc"], tmp / "data", writes=writes,
+                                 extra_tokens=extra_tokens, **api)
+            cfg.update(config_extra or {})
+            gw = GatewayProcess(cfg, tmp)
             gw.start()
             try:
                 plant = Plant(sim, gw)
