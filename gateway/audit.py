@@ -248,7 +248,6 @@ class AuditLog:
             max_workers=1, thread_name_prefix="audit"
         )
         self._conn: sqlite3.Connection | None = None
-        self._closed = False
         self.counts: dict[str, int] = dict.fromkeys(RESULTS, 0)
         """Records appended since start, by result (for metrics)."""
 
@@ -332,9 +331,6 @@ class AuditLog:
     # -- event-loop side ------------------------------------------------------------------
 
     async def _run(self, fn: Callable[[], T]) -> T:
-        if self._closed:
-            msg = f"audit log {self.path} is closed"
-            raise sqlite3.ProgrammingError(msg)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, fn)
 
@@ -396,10 +392,10 @@ class AuditLog:
         return await self._run(self._verify_sync)
 
     async def close(self) -> None:
-        """Close the connection and the thread; idempotent."""
-        if self._closed:
-            return
+        """Close the database connection (idempotent); a later call opens it again.
+
+        The app closes it when its lifespan ends; an app served again (tests start and stop
+        the ASGI lifespan per client) reopens it at the next call.
+        """
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._executor, self._close_sync)
-        self._closed = True
-        self._executor.shutdown(wait=False)
