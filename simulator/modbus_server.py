@@ -328,6 +328,8 @@ class DeviceStats:
         exceptions: exception responses sent.
         unanswered: requests never answered (silent offline, or dropped from a full queue).
         peak_connections: most connections open at the same time.
+        max_outstanding: most requests one connection had sent and not yet had answered at the
+            same time (1 = the client never pipelined).
         refused_connections: connections closed at once because ``max_connections`` were open.
         writes: write requests received (FC 5, 6, 15, 16, 22, 23), whatever became of them.
         writes_applied: writes that changed the device's values (answered or not).
@@ -345,6 +347,7 @@ class DeviceStats:
     exceptions: int = 0
     unanswered: int = 0
     peak_connections: int = 0
+    max_outstanding: int = 0
     refused_connections: int = 0
     writes: int = 0
     writes_applied: int = 0
@@ -359,6 +362,7 @@ class _Connection(ServerRequestHandler):
         super().__init__(owner, None, None, None)  # type: ignore[no-untyped-call]
         self._device: ModbusDevice = owner.device
         self._queue: asyncio.Queue[tuple[int, int, bytes]] = asyncio.Queue(_MAX_QUEUED)
+        self._outstanding = 0  # requests received and not yet answered (or dropped)
         self._worker: asyncio.Task[None] | None = None
         self._open = False
 
@@ -401,6 +405,9 @@ class _Connection(ServerRequestHandler):
             used = end
             try:
                 self._queue.put_nowait((tid, unit, frame))
+                self._outstanding += 1
+                stats = self._device.stats
+                stats.max_outstanding = max(stats.max_outstanding, self._outstanding)
             except asyncio.QueueFull:
                 self._device.count_request(frame)
                 self._device.stats.unanswered += 1
@@ -409,7 +416,10 @@ class _Connection(ServerRequestHandler):
     async def _serve(self) -> None:
         while True:
             tid, unit, frame = await self._queue.get()
-            pdu = await self._device.respond(unit, frame)
+            try:
+                pdu = await self._device.respond(unit, frame)
+            finally:
+                self._outstanding -= 1
             transport = self.transport
             if pdu is None:
                 continue
@@ -668,6 +678,7 @@ class ModbusDevice:
             "exceptions": s.exceptions,
             "unanswered": s.unanswered,
             "peak_connections": s.peak_connections,
+            "max_outstanding": s.max_outstanding,
             "refused_connections": s.refused_connections,
             "writes": s.writes,
             "writes_applied": s.writes_applied,

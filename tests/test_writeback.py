@@ -535,6 +535,11 @@ def test_s4_every_attempt_is_audited_and_the_log_cannot_be_changed(plant: Plant)
     verify = plant.get("/api/v1/audit/verify").json()
     assert verify["ok"] is True
     assert verify["entries"] >= len(before)
+    metrics = plant.get("/metrics").text
+    for result in ("written", "dry_run", "invalid", "denied", "refused", "failed"):
+        line = next(x for x in metrics.splitlines()
+                    if x.startswith(f'otgw_audit_events_total{{result="{result}"}}'))
+        assert float(line.split()[-1]) >= 1
     # read access: admin only
     assert plant.get("/api/v1/audit", token=OPERATOR).status_code == 403
     assert plant.get("/api/v1/audit", token=VIEWER).status_code == 403
@@ -563,8 +568,11 @@ def test_s4_audit_paging(plant: Plant) -> None:
 
 
 def test_r17_single_connection_device_shares_the_connection(tmp_path: Path) -> None:
-    with start_plant(tmp_path, writes={"enabled": True, "timeout": 3.0},
-                     sim_extra={"max_connections": 1}) as p:
+    """Concurrent writes while polling a device that accepts one connection and answers each
+    request after 50 ms: one connection, never two requests outstanding on it, all written."""
+    slow = {"kind": "latency", "start": 0, "duration": 3600, "delay": 0.05}
+    with start_plant(tmp_path, writes={"enabled": True, "timeout": 10.0},
+                     sim_extra={"max_connections": 1, "faults": [slow]}) as p:
         values = [5 + i for i in range(12)]
         started = time.monotonic()
 
@@ -582,6 +590,7 @@ def test_r17_single_connection_device_shares_the_connection(tmp_path: Path) -> N
         assert dev["peak_connections"] == 1
         assert dev["refused_connections"] == 0
         assert dev["connections"] == 1
+        assert dev["max_outstanding"] == 1  # reads and writes serialized, never pipelined
         assert sorted(w["values"][0] for w in dev["write_log"]) == values
         # polling went on over the same connection
         requests = dev["requests"]
@@ -589,4 +598,112 @@ def test_r17_single_connection_device_shares_the_connection(tmp_path: Path) -> N
         latencies = sorted(d for _, d in results)
         print(f"R17: {len(values)} writes (6 concurrent) in {elapsed:.2f} s; per write "
               f"median {latencies[len(latencies) // 2]:.3f} s, max {latencies[-1]:.3f} s "
-              f"(poll {INTERVAL} s, timeout {DEVICE_TIMEOUT} s)")
+              f"(poll {INTERVAL} s, timeout {DEVICE_TIMEOUT} s, device answers after 50 ms)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Units: the write encoding (pure) and the audit table (SQLite)
+
+
+@pytest.mark.parametrize("order", ["ABCD", "DCBA", "BADC", "CDAB"])
+@pytest.mark.parametrize(
+    ("dtype", "value"),
+    [("int16", -1234), ("uint16", 54321), ("int32", -123456789), ("uint32", 3_000_000_001),
+     ("int64", -(2**40) - 7), ("uint64", 2**63 + 5), ("float32", 98765.5),
+     ("float64", 6.02214076e23)],
+)
+def test_encode_write_round_trips_through_decode(order: str, dtype: str, value: Any) -> None:
+    from connectors.modbus.codec import decode, encode_write
+    from connectors.modbus.config import ModbusAddress
+
+    addr = ModbusAddress.model_validate(
+        {"register": "holding", "address": 7, "type": dtype, "byte_order": order}
+    )
+    request = encode_write(value, addr)
+    assert request.function_code == (6 if addr.width == 1 else 16)
+    assert request.address == 7
+    assert decode(list(request.values), addr) == (value, 0)
+
+
+def test_encode_write_refuses_what_it_cannot_write() -> None:
+    from connectors.modbus.codec import ReadOnlyTableError, encode_write
+    from connectors.modbus.config import ModbusAddress
+
+    def addr(**kw: Any) -> ModbusAddress:
+        return ModbusAddress.model_validate({"address": 0, **kw})
+
+    with pytest.raises(ReadOnlyTableError):
+        encode_write(1, addr(register="input"))
+    with pytest.raises(ReadOnlyTableError):
+        encode_write(True, addr(register="discrete", type="bool"))
+    for value, kw in [
+        (1, {"register": "coil", "type": "bool"}),  # 1 is not a bool
+        (True, {"register": "holding", "type": "int16"}),  # a bool is not a number
+        (1.5, {"register": "holding", "type": "int32"}),  # not an integer
+        (float("nan"), {"register": "holding", "type": "float32"}),
+        (float("inf"), {"register": "holding", "type": "float64"}),
+        (70000, {"register": "holding", "type": "uint16"}),
+        (-1, {"register": "holding", "type": "uint32"}),
+        ("x", {"register": "holding", "type": "float32"}),
+        (3, {"register": "holding", "type": "string", "length": 2}),
+        ("abcde", {"register": "holding", "type": "string", "length": 2}),
+    ]:
+        with pytest.raises(ValueError):
+            encode_write(value, addr(**kw))
+    long_string = addr(register="holding", type="string", length=125)
+    with pytest.raises(ValueError, match="123"):
+        encode_write("a", long_string)
+
+
+def test_audit_table_refuses_update_and_delete_and_the_chain_detects_edits(
+    tmp_path: Path,
+) -> None:
+    import asyncio
+    import sqlite3
+
+    from gateway.audit import AuditLog, AuditRecord
+
+    path = tmp_path / "gw.db"
+
+    def record(i: int) -> AuditRecord:
+        return AuditRecord(
+            at=f"2026-01-01T00:00:0{i}Z", request_id=f"r{i}", principal="otto",
+            role="operator", client="127.0.0.1", site="s", asset="a", point="p",
+            old_value=1.5, old_quality=0, requested=i, raw=i * 10, encoded="FC6",
+            registers=[i], dry_run=False, result="written", status=200, code=None,
+            message=None, confirmed_value=i, confirmed_quality=0,
+        )
+
+    async def fill() -> None:
+        log = AuditLog(path)
+        for i in range(3):
+            entry = await log.append(record(i))
+            assert entry.id == i + 1
+        check = await log.verify()
+        assert (check.ok, check.entries, check.first_bad_id) == (True, 3, None)
+        await log.close()
+
+    asyncio.run(fill())
+    conn = sqlite3.connect(path)
+    for stmt in ("UPDATE audit SET result = 'denied' WHERE id = 2",
+                 "DELETE FROM audit WHERE id = 3", "DELETE FROM audit"):
+        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+            conn.execute(stmt)
+    assert conn.execute("SELECT count(*) FROM audit").fetchone()[0] == 3
+    # an edit behind SQLite's back (triggers dropped) is caught by the hash chain
+    conn.execute("DROP TRIGGER audit_no_update")
+    conn.execute("UPDATE audit SET requested = '99' WHERE id = 2")
+    conn.commit()
+    conn.close()
+
+    async def check() -> None:
+        log = AuditLog(path)
+        result = await log.verify()
+        assert (result.ok, result.first_bad_id) == (False, 2)
+        entries, total = await log.page(limit=10)
+        assert total == 3
+        assert [e.id for e in entries] == [3, 2, 1]
+        assert entries[1].record.requested == 99
+        await log.close()
+
+    asyncio.run(check())
