@@ -6,7 +6,7 @@ Nothing here does I/O or reads a clock; `inventory.inventory.Inventory` wires th
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 
 from gateway.quality import Q, Quality
@@ -54,6 +54,27 @@ def rollup(states: Iterable[State]) -> State:
     if seen <= {State.OFFLINE, State.UNKNOWN}:
         return State.OFFLINE
     if seen == {State.ONLINE}:
+        return State.ONLINE
+    return State.DEGRADED
+
+
+def rollup_counts(counts: Mapping[State, int]) -> State:
+    """`rollup` from member counts per state instead of the member states themselves: O(1).
+
+    Args:
+        counts: Members per state [count]; every `State` is a key.
+
+    Returns:
+        The same state as ``rollup`` over the members.
+    """
+    online = counts[State.ONLINE]
+    degraded = counts[State.DEGRADED]
+    offline = counts[State.OFFLINE]
+    if not (online or degraded or offline):
+        return State.UNKNOWN
+    if not (online or degraded):
+        return State.OFFLINE
+    if not (degraded or offline or counts[State.UNKNOWN]):
         return State.ONLINE
     return State.DEGRADED
 
@@ -125,6 +146,13 @@ class DeadlineHeap:
         """Buckets in the heap, including emptied ones not yet dropped [count]."""
         return len(self._heap)
 
+    def extend(self, count: int) -> int:
+        """Add `count` items without deadlines; returns the index of the first new one."""
+        first = len(self._current)
+        self._current.extend([None] * count)
+        self._bucket.extend([None] * count)
+        return first
+
     def get(self, item: int) -> float | None:
         """The item's current deadline [s since epoch], or None."""
         return self._current[item]
@@ -162,6 +190,50 @@ class DeadlineHeap:
             if members is not None:
                 members.discard(item)
             self._bucket[item] = None
+
+    def peek_due(self, now: float) -> list[int]:
+        """Items whose deadline is before `now`, left in place (a read-only `pop_due`).
+
+        Walks only the heap entries of buckets that begin at or before `now` (a heap's
+        children are never smaller than their parent, so a subtree whose root is later is
+        skipped whole): the cost is those buckets and their items, independent of the items
+        whose deadlines lie further ahead.
+
+        Args:
+            now: POSIX time [s].
+
+        Returns:
+            Item indices, in no particular order.
+        """
+        heap = self._heap
+        if not heap:
+            return []
+        limit = now // self.resolution
+        if heap[0] > limit:
+            return []
+        buckets = self._buckets
+        current = self._current
+        size = len(heap)
+        out: list[int] = []
+        seen: set[int] = set()
+        stack = [0]
+        while stack:
+            i = stack.pop()
+            bucket = heap[i]
+            if bucket > limit:
+                continue
+            if bucket not in seen:
+                seen.add(bucket)
+                for item in buckets.get(bucket, ()):
+                    deadline = current[item]
+                    if deadline is not None and deadline < now:
+                        out.append(item)
+            child = 2 * i + 1
+            if child < size:
+                stack.append(child)
+                if child + 1 < size:
+                    stack.append(child + 1)
+        return out
 
     def pop_due(self, now: float) -> list[tuple[int, float]]:
         """Remove and return every item whose deadline is before `now`.

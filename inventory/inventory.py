@@ -18,6 +18,19 @@ at most one open gap; an open gap closes at the first usable (Good/Uncertain) re
 ``first_bad``. A stale gap opened late (the tick ran after the deadline, or a reading arrived
 first) gets the same bounds it would have had with an exact tick, so detected gaps do not depend
 on how often `tick` runs.
+
+Cost (issue #8): nothing scans every point periodically.
+- `tick` pops due deadlines from a `DeadlineHeap`; quiet, healthy points cost nothing.
+- A keep-alive (`device_alive`) is O(1): silent report-by-exception points whose deadline passed
+  while keep-alives arrive are *parked* on their device, which holds one deadline for all of
+  them (last keep-alive + the smallest parked threshold), so keep-alives do not touch points.
+- Roll-ups are counters: every point state change updates its asset's and device's counts per
+  state (and an asset state change its site's), so `sites`, `site`, `devices` and
+  ``assets(with_points=False)`` cost O(sites/assets/devices) plus the points whose deadline
+  passed since the last `tick` (at most a tick period plus ``tick_grace`` of them), which are
+  evaluated exactly at the requested ``now``. Unchanged asset and site summaries are reused
+  (same objects) until something in them changes; `summary_version` tells callers when a
+  cached encoding of them is still valid.
 """
 
 from __future__ import annotations
@@ -27,13 +40,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
+from math import inf
 from typing import Literal
 
 from gateway.clock import to_epoch_ns
 from gateway.model import Reading, Value
 from gateway.quality import quality_name, severity
 from inventory.coverage import coverage_rows
-from inventory.gaps import DeadlineHeap, cause_for_quality, overlaps, rollup
+from inventory.gaps import DeadlineHeap, cause_for_quality, overlaps, rollup, rollup_counts
 from inventory.spec import AssetSpec, DeviceSpec, InventorySpec, PointSpec, SiteSpec
 from inventory.views import (
     AssetView,
@@ -55,18 +69,32 @@ def _at(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, UTC)
 
 
+def _zero_counts() -> dict[State, int]:
+    return dict.fromkeys(_STATE_KEYS, 0)
+
+
 @dataclass(eq=False, slots=True)
 class _Site:
     spec: SiteSpec
     assets: list[_Asset] = field(default_factory=list)
+    counts: dict[State, int] = field(default_factory=_zero_counts)  # assets per tracked state
+    points_total: int = 0
+    open_gaps: int = 0
+    last_seen: datetime | None = None
+    view: SiteView | None = None  # cached summary, valid while nothing in the site changed
 
 
 @dataclass(eq=False, slots=True)
 class _Asset:
     spec: AssetSpec
+    site: _Site
     points: list[_Point] = field(default_factory=list)
     state: State = State.UNKNOWN
     since: datetime | None = None
+    counts: dict[State, int] = field(default_factory=_zero_counts)  # points per tracked state
+    open_gaps: int = 0
+    last_seen: datetime | None = None
+    view: AssetView | None = None  # cached summary (no points), valid while unchanged
 
 
 @dataclass(eq=False, slots=True)
@@ -82,6 +110,13 @@ class _Device:
     latency_s: float | None = None
     polls: int = 0
     overruns: int = 0
+    counts: dict[State, int] = field(default_factory=_zero_counts)  # points per tracked state
+    last_seen: datetime | None = None
+    last_good: datetime | None = None
+    alive: float | None = None  # gateway time of the latest keep-alive [POSIX s]
+    parked: set[int] = field(default_factory=set)  # RBE points kept fresh by keep-alives
+    park_min: float = inf  # smallest threshold among the parked points [s]
+    slot: int = -1  # the device's own item in the deadline heap (-1: none yet)
 
 
 @dataclass(eq=False, slots=True)
@@ -94,6 +129,7 @@ class _Point:
     interval: timedelta
     threshold: float  # gap_after × expected_interval [s]
     unit: str | None
+    rbe: bool  # report by exception: keep-alives of its device keep it fresh
     value: Value = None
     quality: int | None = None
     last_seen: datetime | None = None  # newest source time of any reading
@@ -105,6 +141,31 @@ class _Point:
     same_start: int = 0  # gaps so far that started at last_gap_start (for unique ids)
     state: State = State.UNKNOWN
     since: datetime | None = None
+
+
+def _fresh_rx(p: _Point) -> float | None:
+    """Gateway time [POSIX s] up to which the point counts as heard from, or None if never.
+
+    Its latest reading, or for a report-by-exception point without an open gap the latest
+    keep-alive of its device if that is newer ("no change" is not "no data").
+    """
+    rx = p.last_rx
+    if rx is not None and p.rbe and p.open_gap is None:
+        alive = p.device.alive
+        if alive is not None and alive > rx:
+            return alive
+    return rx
+
+
+def _device_state(d: _Device, counts: Mapping[State, int]) -> State:
+    """A device's state from its link and its points' counts per state."""
+    if d.link is False:
+        return State.OFFLINE
+    if d.link is None:
+        return rollup_counts(counts)
+    if counts[State.DEGRADED] or counts[State.OFFLINE]:
+        return State.DEGRADED
+    return State.ONLINE
 
 
 class Inventory:
@@ -165,21 +226,32 @@ class Inventory:
                 interval=timedelta(seconds=point_spec.expected_interval),
                 threshold=self._gap_after * point_spec.expected_interval,
                 unit=point_spec.unit,
+                rbe=point_spec.report_by_exception,
             )
             self._points.append(point)
             self._by_key[point.key] = point
             asset.points.append(point)
+            asset.counts[State.UNKNOWN] += 1
+            asset.site.points_total += 1
             device.points.append(point)
+            device.counts[State.UNKNOWN] += 1
+        for site in self._sites.values():
+            for asset in site.assets:
+                site.counts[asset.state] += 1
         self._heap = DeadlineHeap(len(self._points))
+        self._slot_device: dict[int, _Device] = {}
         start_ts = now.timestamp()
         for point in self._points:
             self._heap.set(point.idx, start_ts + point.threshold)
         self._counts: dict[State, int] = dict.fromkeys(_STATE_KEYS, 0)
         self._counts[State.UNKNOWN] = len(self._points)
-        self._open_count = 0
+        self._open: dict[int, None] = {}  # indices of the points with an open gap, ordered
         self._closed: deque[Gap] = deque(maxlen=max(0, closed_gap_cap))
         self._dirty_assets: dict[_Asset, datetime] = {}
         self._dirty_devices: dict[_Device, datetime] = {}
+        self._evaluated_ts = -inf  # latest `now` at which states were evaluated on the clock
+        self._version = 0
+        self._tick_extra = 0
         self.unknown_readings = 0
         self.late_readings = 0
 
@@ -188,12 +260,12 @@ class Inventory:
     def _asset_of(self, site: str, asset: str, spec: AssetSpec | None) -> _Asset:
         found = self._assets.get((site, asset))
         if found is None:
-            found = _Asset(spec or AssetSpec(site=site, id=asset))
-            self._assets[(site, asset)] = found
             site_obj = self._sites.get(site)
             if site_obj is None:
                 site_obj = _Site(SiteSpec(id=site))
                 self._sites[site] = site_obj
+            found = _Asset(spec or AssetSpec(site=site, id=asset), site_obj)
+            self._assets[(site, asset)] = found
             site_obj.assets.append(found)
         return found
 
@@ -204,20 +276,31 @@ class Inventory:
             self._devices[device] = found
         return found
 
+    def _touch(self, asset: _Asset) -> None:
+        """Something in the asset's summary changed: drop its and its site's cached views."""
+        asset.view = None
+        asset.site.view = None
+        self._version += 1
+
     @property
     def open_gap_count(self) -> int:
         """Points that have an open gap now [count]."""
-        return self._open_count
+        return len(self._open)
 
     @property
     def tick_examined(self) -> int:
         """Heap entries popped plus points looked at by the latest `tick` [count] (cost)."""
-        return self._heap.last_examined
+        return self._heap.last_examined + self._tick_extra
 
     @property
     def heap_size(self) -> int:
         """Time buckets in the deadline heap, including emptied ones not yet dropped [count]."""
         return len(self._heap)
+
+    @property
+    def parked_count(self) -> int:
+        """Report-by-exception points currently kept fresh by keep-alives alone [count]."""
+        return sum(len(d.parked) for d in self._devices.values())
 
     # ------------------------------------------------------------------ state machine
 
@@ -226,48 +309,81 @@ class Inventory:
         """State of a point at `now_ts` [POSIX s] from the facts observed so far."""
         if p.device.link is False:
             return State.OFFLINE
-        if p.last_rx is None:
+        rx = _fresh_rx(p)
+        if rx is None:
             return State.UNKNOWN
-        if now_ts > p.last_rx + p.threshold:
+        if now_ts > rx + p.threshold:
             return State.OFFLINE
         if p.quality is not None and p.quality & _BAD_BIT:
             return State.DEGRADED
         return State.ONLINE
 
     def _transition(self, p: _Point, new: State, at: datetime) -> None:
+        old = p.state
         counts = self._counts
-        counts[p.state] -= 1
+        counts[old] -= 1
         counts[new] += 1
+        asset = p.asset
+        asset.counts[old] -= 1
+        asset.counts[new] += 1
+        device = p.device
+        device.counts[old] -= 1
+        device.counts[new] += 1
         p.state = new
         p.since = at
-        self._dirty_assets[p.asset] = at
-        self._dirty_devices[p.device] = at
-
-    @staticmethod
-    def _device_state(d: _Device, point_states: Iterable[State]) -> State:
-        if d.link is False:
-            return State.OFFLINE
-        states = set(point_states)
-        if d.link is None:
-            return rollup(states)
-        if states & {State.DEGRADED, State.OFFLINE}:
-            return State.DEGRADED
-        return State.ONLINE
+        self._dirty_assets[asset] = at
+        self._dirty_devices[device] = at
 
     def _flush_dirty(self) -> None:
-        """Recompute the tracked state of assets/devices whose points changed state."""
+        """Update the tracked state of assets/devices (and sites) whose points changed state."""
         for asset, at in self._dirty_assets.items():
-            new = rollup(p.state for p in asset.points)
+            new = rollup_counts(asset.counts)
             if new is not asset.state:
+                site_counts = asset.site.counts
+                site_counts[asset.state] -= 1
+                site_counts[new] += 1
                 asset.state = new
                 asset.since = at
+            self._touch(asset)
         self._dirty_assets.clear()
         for device, at in self._dirty_devices.items():
-            new = self._device_state(device, (p.state for p in device.points))
+            new = _device_state(device, device.counts)
             if new is not device.state:
                 device.state = new
                 device.since = at
         self._dirty_devices.clear()
+
+    def _fresh_until(self, p: _Point) -> float | None:
+        """The point's current freshness deadline [POSIX s], or None once it has fired."""
+        if p.idx in p.device.parked:
+            rx = _fresh_rx(p)
+            return None if rx is None else rx + p.threshold
+        deadline = self._heap.get(p.idx)
+        if deadline is None:
+            return None
+        rx = _fresh_rx(p)
+        return deadline if rx is None else max(deadline, rx + p.threshold)
+
+    def _park(self, p: _Point) -> None:
+        """Hand a keep-alive-fresh RBE point's deadline to its device (see module doc)."""
+        d = p.device
+        alive = d.alive
+        if alive is None:  # pragma: no cover - only called for points kept fresh by keep-alives
+            return
+        d.parked.add(p.idx)
+        if d.slot < 0:
+            d.slot = self._heap.extend(1)
+            self._slot_device[d.slot] = d
+        if p.threshold < d.park_min:
+            d.park_min = p.threshold
+        self._heap.set(d.slot, alive + d.park_min)
+
+    def _unpark(self, p: _Point) -> None:
+        d = p.device
+        d.parked.discard(p.idx)
+        if not d.parked and d.slot >= 0:
+            d.park_min = inf
+            self._heap.clear(d.slot)
 
     # ------------------------------------------------------------------ gap bookkeeping
 
@@ -304,9 +420,19 @@ class Inventory:
         )
         p.open_gap = gap
         p.last_gap_start = start
-        self._open_count += 1
+        self._gap_count(p, +1)
         changed[gap.id] = gap
         return gap
+
+    def _gap_count(self, p: _Point, delta: int) -> None:
+        if delta > 0:
+            self._open[p.idx] = None
+        else:
+            self._open.pop(p.idx, None)
+        asset = p.asset
+        asset.open_gaps += delta
+        asset.site.open_gaps += delta
+        self._touch(asset)
 
     def _open_stale(self, p: _Point, changed: dict[str, Gap]) -> None:
         """Open the gap of a point that stayed silent past its deadline."""
@@ -322,13 +448,36 @@ class Inventory:
         gap.end = max(end, gap.start)
         p.open_gap = None
         p.last_gap_end = gap.end
-        self._open_count -= 1
+        self._gap_count(p, -1)
         self._closed.append(gap)
         changed[gap.id] = gap
 
     @staticmethod
     def _snapshots(changed: dict[str, Gap]) -> list[Gap]:
         return [replace(g) for g in changed.values()]
+
+    def _rebuild_aggregates(self) -> None:
+        """Recompute every roll-up's last seen/good and open gaps from the points (restore)."""
+        for site in self._sites.values():
+            site.last_seen = None
+            site.open_gaps = 0
+        for d in self._devices.values():
+            seen = [p.last_seen for p in d.points if p.last_seen is not None]
+            good = [p.last_good for p in d.points if p.last_good is not None]
+            d.last_seen = max(seen, default=None)
+            d.last_good = max(good, default=None)
+        for asset in self._assets.values():
+            seen = [p.last_seen for p in asset.points if p.last_seen is not None]
+            asset.last_seen = max(seen, default=None)
+            asset.open_gaps = sum(1 for p in asset.points if p.open_gap is not None)
+            site = asset.site
+            site.open_gaps += asset.open_gaps
+            if asset.last_seen is not None and (
+                site.last_seen is None or asset.last_seen > site.last_seen
+            ):
+                site.last_seen = asset.last_seen
+            self._touch(asset)
+        self._open = {p.idx: None for p in self._points if p.open_gap is not None}
 
     # ------------------------------------------------------------------ inputs
 
@@ -385,7 +534,7 @@ class Inventory:
             keep = opens[-1]
             if p.open_gap is None:
                 p.open_gap = keep
-                self._open_count += 1
+                self._gap_count(p, +1)
                 p.last_gap_start = keep.start
         for key, reading in latest.items():
             p = self._by_key.get(key)
@@ -407,6 +556,7 @@ class Inventory:
             usable = not reading.quality & _BAD_BIT
             if usable and p.open_gap is not None and st >= p.open_gap.start:
                 self._close_gap(p, st, changed)  # the crash came between commit and save_gaps
+            self._unpark(p)
             self._heap.set(p.idx, p.last_rx + p.threshold)
         for p in self._points:
             if p.last_seen is None or p.open_gap is not None:
@@ -416,12 +566,14 @@ class Inventory:
                 start = last_alive
             self._open_gap(p, GapCause.GATEWAY_DOWN, start, None, changed)
         now_ts = now.timestamp()
+        self._evaluated_ts = max(self._evaluated_ts, now_ts)
         for p in self._points:
             new = self._eval(p, now_ts)
             if new is not p.state:
                 at = p.open_gap.start if (new is State.OFFLINE and p.open_gap) else now
                 self._transition(p, new, at)
         self._flush_dirty()
+        self._rebuild_aggregates()
         return self._snapshots(changed)
 
     def observe(self, readings: Sequence[Reading]) -> list[Gap]:
@@ -443,6 +595,7 @@ class Inventory:
         changed: dict[str, Gap] = {}
         by_key = self._by_key
         heap = self._heap
+        touched: set[_Asset] = set()
         for r in readings:
             p = by_key.get(f"{r.site}/{r.asset}/{r.point}")
             if p is None:
@@ -453,10 +606,13 @@ class Inventory:
                 self.late_readings += 1
                 continue
             rx = r.gateway_time.timestamp()
+            device = p.device
             if p.open_gap is None:
-                deadline = heap.get(p.idx)
+                deadline = self._fresh_until(p)
                 if deadline is not None and rx > deadline:
                     self._open_stale(p, changed)  # the tick has not caught it yet
+            if device.parked:
+                self._unpark(p)
             quality = r.quality
             p.value = r.value
             p.quality = quality
@@ -464,11 +620,22 @@ class Inventory:
                 p.unit = r.unit
             if p.last_seen is None or st > p.last_seen:
                 p.last_seen = st
+                asset = p.asset
+                if asset.last_seen is None or st > asset.last_seen:
+                    asset.last_seen = st
+                    touched.add(asset)
+                    site = asset.site
+                    if site.last_seen is None or st > site.last_seen:
+                        site.last_seen = st
+                if device.last_seen is None or st > device.last_seen:
+                    device.last_seen = st
             if p.last_rx is None or rx > p.last_rx:
                 p.last_rx = rx
             gap = p.open_gap
             if not quality & _BAD_BIT:
                 p.last_good = st
+                if device.last_good is None or st > device.last_good:
+                    device.last_good = st
                 if gap is not None:
                     self._close_gap(p, st, changed)
                 new = State.ONLINE
@@ -480,10 +647,12 @@ class Inventory:
                     changed[gap.id] = gap
                 new = State.DEGRADED
             heap.set(p.idx, p.last_rx + p.threshold)
-            if p.device.link is False:
+            if device.link is False:
                 new = State.OFFLINE
             if new is not p.state:
                 self._transition(p, new, r.gateway_time)
+        for asset in touched:
+            self._touch(asset)
         if self._dirty_assets or self._dirty_devices:
             self._flush_dirty()
         return self._snapshots(changed)
@@ -526,6 +695,7 @@ class Inventory:
 
     def _relink(self, d: _Device, now: datetime) -> None:
         now_ts = now.timestamp()
+        self._evaluated_ts = max(self._evaluated_ts, now_ts)
         for p in d.points:
             new = self._eval(p, now_ts)
             if new is not p.state:
@@ -554,9 +724,10 @@ class Inventory:
     def device_alive(self, device: str, now: datetime) -> None:
         """A keep-alive proved the device's subscription alive: silent points are not a gap.
 
-        Refreshes the freshness deadline of the device's report-by-exception points (their
-        last reading stays as it was); polled points are unaffected. Cost O(points of the
-        device); called once per keep-alive, not per reading.
+        Its report-by-exception points without an open gap count as heard from at `now`
+        (their last reading stays as it was); polled points are unaffected. O(1): the device
+        keeps the time, and the one deadline of its parked points moves (see module doc).
+        Ignored while the device's link is down.
 
         Args:
             device: Device id.
@@ -566,11 +737,10 @@ class Inventory:
         if d is None or d.link is False:
             return
         now_ts = now.timestamp()
-        for p in d.points:
-            rbe = p.spec.report_by_exception and p.open_gap is None
-            if rbe and p.last_rx is not None and now_ts > p.last_rx:
-                p.last_rx = now_ts
-                self._heap.set(p.idx, now_ts + p.threshold)
+        if d.alive is None or now_ts > d.alive:
+            d.alive = now_ts
+            if d.parked:
+                self._heap.set(d.slot, now_ts + d.park_min)
 
     def poll_stats(
         self, device: str, *, latency_s: float | None, polls: int, overruns: int
@@ -596,10 +766,11 @@ class Inventory:
         A point with no open gap whose last reading (or the monitoring start, if never seen)
         is older than ``gap_after × expected_interval`` (+ ``tick_grace``) on the gateway
         clock opens a gap with ``start = last_good + expected_interval`` (or the monitoring
-        start) and cause `stale` (`device_offline` if its device's link is down). Cost: the due
-        points plus the time buckets that elapsed since the last tick, independent of the
-        number of quiet, healthy points (see `inventory.gaps.DeadlineHeap`; the count is in
-        `tick_examined`).
+        start) and cause `stale` (`device_offline` if its device's link is down). A
+        report-by-exception point whose device's keep-alives are recent enough is parked
+        instead (see module doc). Cost: the due points plus the time buckets that elapsed
+        since the last tick, independent of the number of quiet, healthy points (see
+        `inventory.gaps.DeadlineHeap`; the count is in `tick_examined`).
 
         Args:
             now: Current time (aware UTC).
@@ -609,25 +780,113 @@ class Inventory:
         """
         changed: dict[str, Gap] = {}
         now_ts = now.timestamp()
-        for idx, deadline in self._heap.pop_due(now_ts - self._tick_grace):
-            p = self._points[idx]
-            if p.open_gap is None:
-                self._open_stale(p, changed)
-            new = self._eval(p, now_ts)
-            if new is not p.state:
-                self._transition(p, new, _at(deadline))
+        self._evaluated_ts = max(self._evaluated_ts, now_ts)
+        cutoff = now_ts - self._tick_grace
+        points = self._points
+        n = len(points)
+        extra = 0
+        for idx, deadline in self._heap.pop_due(cutoff):
+            if idx < n:
+                self._expire(points[idx], deadline, cutoff, now, now_ts, changed)
+                continue
+            d = self._slot_device[idx]  # keep-alives stopped: the parked points are due
+            parked = sorted(d.parked)
+            d.parked.clear()
+            d.park_min = inf
+            extra += len(parked)
+            for pidx in parked:
+                p = points[pidx]
+                rx = _fresh_rx(p)
+                due = (rx if rx is not None else now_ts) + p.threshold
+                self._expire(p, due, cutoff, now, now_ts, changed)
+        self._tick_extra = extra
         if self._dirty_assets or self._dirty_devices:
             self._flush_dirty()
         return self._snapshots(changed)
 
+    def _expire(
+        self,
+        p: _Point,
+        deadline: float,
+        cutoff: float,
+        now: datetime,
+        now_ts: float,
+        changed: dict[str, Gap],
+    ) -> None:
+        """A point's deadline passed `cutoff`: park it, or open its stale gap and re-evaluate."""
+        if p.rbe and p.open_gap is None and p.device.alive is not None:
+            rx = _fresh_rx(p)
+            if rx is not None and rx == p.device.alive:  # heard from by a keep-alive
+                due = rx + p.threshold
+                if due >= cutoff:  # still fresh thanks to keep-alives: park it
+                    self._park(p)
+                    # As of `cutoff` (a later deadline is the device's to fire), so a point
+                    # tracked offline since a link event turns fresh at its keep-alive.
+                    new = self._eval(p, cutoff)
+                    if new is not p.state:
+                        self._transition(p, new, _at(rx))
+                    return
+                deadline = due
+        if p.open_gap is None:
+            self._open_stale(p, changed)
+        new = self._eval(p, now_ts)
+        if new is not p.state:
+            self._transition(p, new, _at(deadline))
+
     # ------------------------------------------------------------------ views
+
+    def _corrections(self, now_ts: float) -> dict[_Point, State]:
+        """Points whose state at `now_ts` differs from their tracked state, with the former.
+
+        Only points whose deadline passed since the last `tick` can differ (found in the
+        deadline heap without popping). If `now_ts` is before a moment states were already
+        evaluated at (a clock that stepped back, tests), every point is evaluated instead.
+        """
+        points = self._points
+        out: dict[_Point, State] = {}
+        if now_ts < self._evaluated_ts:
+            candidates: Iterable[_Point] = points
+        else:
+            n = len(points)
+            found: list[_Point] = []
+            for idx in self._heap.peek_due(now_ts):
+                if idx < n:
+                    found.append(points[idx])
+                else:
+                    found.extend(points[i] for i in self._slot_device[idx].parked)
+            candidates = found
+        for p in candidates:
+            new = self._eval(p, now_ts)
+            if new is not p.state:
+                out[p] = new
+        return out
+
+    @staticmethod
+    def _fixed_counts(
+        corrections: Mapping[_Point, State],
+    ) -> tuple[dict[_Asset, dict[State, int]], dict[_Device, dict[State, int]]]:
+        """Per asset and device touched by `corrections`: its point counts per state at now."""
+        assets: dict[_Asset, dict[State, int]] = {}
+        devices: dict[_Device, dict[State, int]] = {}
+        for p, new in corrections.items():
+            counts = assets.get(p.asset)
+            if counts is None:
+                counts = assets[p.asset] = dict(p.asset.counts)
+            counts[p.state] -= 1
+            counts[new] += 1
+            counts = devices.get(p.device)
+            if counts is None:
+                counts = devices[p.device] = dict(p.device.counts)
+            counts[p.state] -= 1
+            counts[new] += 1
+        return assets, devices
 
     def _point_view(self, p: _Point, now_ts: float, now: datetime) -> PointView:
         state = self._eval(p, now_ts)
         if state is p.state:
             since = p.since
         elif state is State.OFFLINE and p.last_rx is not None and p.device.link is not False:
-            since = _at(p.last_rx + p.threshold)  # went stale; the tick has not run yet
+            since = _at((_fresh_rx(p) or p.last_rx) + p.threshold)  # went stale; no tick yet
         else:
             since = now
         q = p.quality
@@ -652,6 +911,7 @@ class Inventory:
         )
 
     def _asset_view(self, a: _Asset, now_ts: float, now: datetime) -> AssetView:
+        """An asset with all its points, each evaluated at `now` (O(points of the asset))."""
         points = tuple(self._point_view(p, now_ts, now) for p in a.points)
         state = rollup(pv.state for pv in points)
         by_state = dict.fromkeys((s.value for s in _STATE_KEYS), 0)
@@ -672,8 +932,95 @@ class Inventory:
             points=points,
         )
 
+    @staticmethod
+    def _asset_summary(
+        a: _Asset, counts: Mapping[State, int] | None, now: datetime
+    ) -> AssetView:
+        """An asset's summary (no points) from counts per state; cached when `counts` is None."""
+        if counts is None:
+            if a.view is not None:
+                return a.view
+            counts = a.counts
+            state = a.state
+        else:
+            state = rollup_counts(counts)
+        view = AssetView(
+            site=a.spec.site,
+            id=a.spec.id,
+            name=a.spec.name,
+            kind=a.spec.kind,
+            state=state,
+            since=a.since if state is a.state else now,
+            last_seen=a.last_seen,
+            points_total=len(a.points),
+            points_by_state={s.value: counts[s] for s in _STATE_KEYS},
+            open_gaps=a.open_gaps,
+            points=(),
+        )
+        if counts is a.counts:
+            a.view = view
+        return view
+
+    @staticmethod
+    def _site_summary(s: _Site, counts: Mapping[State, int] | None) -> SiteView:
+        """A site's summary from its assets' counts per state; cached when `counts` is None."""
+        if counts is None:
+            if s.view is not None:
+                return s.view
+            counts = s.counts
+        view = SiteView(
+            id=s.spec.id,
+            name=s.spec.name,
+            state=rollup_counts(counts),
+            assets_total=len(s.assets),
+            assets_by_state={st.value: counts[st] for st in _STATE_KEYS},
+            points_total=s.points_total,
+            open_gaps=s.open_gaps,
+            last_seen=s.last_seen,
+        )
+        if counts is s.counts:
+            s.view = view
+        return view
+
+    def _site_fixes(
+        self, asset_fixes: Mapping[_Asset, Mapping[State, int]]
+    ) -> dict[_Site, dict[State, int]]:
+        """Per site whose assets' states differ at now: its asset counts per state at now."""
+        out: dict[_Site, dict[State, int]] = {}
+        for a, counts in asset_fixes.items():
+            new = rollup_counts(counts)
+            if new is a.state:
+                continue
+            site_counts = out.get(a.site)
+            if site_counts is None:
+                site_counts = out[a.site] = dict(a.site.counts)
+            site_counts[a.state] -= 1
+            site_counts[new] += 1
+        return out
+
+    def summary_version(self, now: datetime) -> int | None:
+        """A version of the summaries: `sites`, `site` and ``assets(with_points=False)``.
+
+        It changes whenever those may answer differently, so callers may keep an encoding of
+        their answers while it stays the same. It is None when the answer at `now` depends on
+        `now` itself: some point went stale since the last `tick` (or `now` is before the
+        latest evaluation), so the answer must be built for this `now`. O(those points).
+
+        Args:
+            now: Current time (aware UTC).
+
+        Returns:
+            The version, or None.
+        """
+        if self._corrections(now.timestamp()):
+            return None
+        return self._version
+
     def sites(self, now: datetime) -> list[SiteView]:
         """All sites (configured order) with the roll-up of their assets at `now`.
+
+        Cost O(sites) plus the points that went stale since the last `tick`; unchanged site
+        summaries are the same objects as before.
 
         Args:
             now: Current time (aware UTC).
@@ -681,50 +1028,57 @@ class Inventory:
         Returns:
             One `SiteView` per site.
         """
-        return [self._site_view(s, now) for s in self._sites.values()]
+        asset_fixes, _ = self._fixed_counts(self._corrections(now.timestamp()))
+        site_fixes = self._site_fixes(asset_fixes)
+        return [self._site_summary(s, site_fixes.get(s)) for s in self._sites.values()]
 
     def site(self, site_id: str, now: datetime) -> SiteView | None:
         """One site at `now`, or None if it is not configured."""
         s = self._sites.get(site_id)
-        return self._site_view(s, now) if s is not None else None
-
-    def _site_view(self, s: _Site, now: datetime) -> SiteView:
-        now_ts = now.timestamp()
-        assets = [self._asset_view(a, now_ts, now) for a in s.assets]
-        by_state = dict.fromkeys((st.value for st in _STATE_KEYS), 0)
-        for av in assets:
-            by_state[av.state.value] += 1
-        seen = [av.last_seen for av in assets if av.last_seen is not None]
-        return SiteView(
-            id=s.spec.id,
-            name=s.spec.name,
-            state=rollup(av.state for av in assets),
-            assets_total=len(assets),
-            assets_by_state=by_state,
-            points_total=sum(av.points_total for av in assets),
-            open_gaps=sum(av.open_gaps for av in assets),
-            last_seen=max(seen, default=None),
-        )
+        if s is None:
+            return None
+        asset_fixes, _ = self._fixed_counts(self._corrections(now.timestamp()))
+        return self._site_summary(s, self._site_fixes(asset_fixes).get(s))
 
     def assets(
-        self, now: datetime, *, site: str | None = None, state: State | None = None
+        self,
+        now: datetime,
+        *,
+        site: str | None = None,
+        state: State | None = None,
+        with_points: bool = True,
     ) -> list[AssetView]:
-        """Assets (configured order) with their points at `now`, optionally filtered.
+        """Assets (configured order) at `now`, optionally filtered.
 
         Args:
             now: Current time (aware UTC).
             site: Only this site's assets.
             state: Only assets in this state.
+            with_points: Include every point's view (cost O(points)); False gives summaries
+                with ``points=()`` at a cost of O(assets) plus the points that went stale since
+                the last `tick`, and unchanged summaries are the same objects as before.
 
         Returns:
             Matching `AssetView`s.
         """
         now_ts = now.timestamp()
         out: list[AssetView] = []
-        for (site_id, _), a in self._assets.items():
-            if site is not None and site_id != site:
-                continue
-            view = self._asset_view(a, now_ts, now)
+        if with_points:
+            for (site_id, _), a in self._assets.items():
+                if site is not None and site_id != site:
+                    continue
+                view = self._asset_view(a, now_ts, now)
+                if state is None or view.state is state:
+                    out.append(view)
+            return out
+        asset_fixes, _ = self._fixed_counts(self._corrections(now_ts))
+        if site is None:
+            members: Iterable[_Asset] = self._assets.values()
+        else:
+            site_obj = self._sites.get(site)
+            members = site_obj.assets if site_obj is not None else ()
+        for a in members:
+            view = self._asset_summary(a, asset_fixes.get(a), now)
             if state is None or view.state is state:
                 out.append(view)
         return out
@@ -742,19 +1096,18 @@ class Inventory:
     def devices(self, now: datetime) -> list[DeviceView]:
         """All devices (configured order) with link state and polling statistics at `now`.
 
+        Cost O(devices) plus the points that went stale since the last `tick`.
+
         Args:
             now: Current time (aware UTC).
 
         Returns:
             One `DeviceView` per device.
         """
-        now_ts = now.timestamp()
+        _, device_fixes = self._fixed_counts(self._corrections(now.timestamp()))
         out: list[DeviceView] = []
         for d in self._devices.values():
-            states = [self._eval(p, now_ts) for p in d.points]
-            state = self._device_state(d, states)
-            seen = [p.last_seen for p in d.points if p.last_seen is not None]
-            good = [p.last_good for p in d.points if p.last_good is not None]
+            state = _device_state(d, device_fixes.get(d, d.counts))
             out.append(
                 DeviceView(
                     id=d.spec.id,
@@ -763,8 +1116,8 @@ class Inventory:
                     state=state,
                     link_up=d.link is True,
                     since=d.since if state is d.state else now,
-                    last_seen=max(seen, default=None),
-                    last_good=max(good, default=None),
+                    last_seen=d.last_seen,
+                    last_good=d.last_good,
                     last_error=d.last_error,
                     reconnects=d.reconnects,
                     poll_latency_s=d.latency_s,
@@ -787,6 +1140,8 @@ class Inventory:
     ) -> list[Gap]:
         """Gaps held in memory (all open ones and the most recent closed ones), filtered.
 
+        Cost O(open gaps + closed gaps held), independent of the number of points.
+
         Args:
             site: Only this site.
             asset: Only this asset id.
@@ -800,7 +1155,11 @@ class Inventory:
         """
         candidates: list[Gap] = []
         if open is not False:
-            candidates.extend(p.open_gap for p in self._points if p.open_gap is not None)
+            points = self._points
+            for idx in self._open:
+                gap = points[idx].open_gap
+                if gap is not None:
+                    candidates.append(gap)
         if open is not True:
             candidates.extend(self._closed)
         out = [
@@ -812,6 +1171,16 @@ class Inventory:
             and overlaps(g, since, until)
         ]
         out.sort(key=lambda g: (g.start, g.key))
+        return out
+
+    def open_gaps_by_cause(self) -> dict[str, int]:
+        """Open gaps per cause (every `GapCause` value is a key) [count]; O(open gaps)."""
+        out = dict.fromkeys((c.value for c in GapCause), 0)
+        points = self._points
+        for idx in self._open:
+            gap = points[idx].open_gap
+            if gap is not None:
+                out[gap.cause.value] += 1
         return out
 
     def coverage(
@@ -867,7 +1236,7 @@ class Inventory:
             "points_degraded": counts[State.DEGRADED],
             "points_offline": counts[State.OFFLINE],
             "points_unknown": counts[State.UNKNOWN],
-            "open_gaps": self._open_count,
+            "open_gaps": len(self._open),
             "devices_total": len(self._devices),
             "devices_up": sum(1 for d in self._devices.values() if d.link is True),
             "devices_down": sum(1 for d in self._devices.values() if d.link is False),

@@ -85,6 +85,7 @@ class Ctx:
     ready: bool = True
     registry: CollectorRegistry | None = None
     fail_readiness: bool = False
+    fail_counts: bool = False
     store: Store | None = None
     listeners: list[Callable[[Sequence[Reading]], None]] = field(default_factory=list)
 
@@ -99,6 +100,9 @@ class Ctx:
             self.listeners.remove(callback)
 
     async def usable_counts(self, since: datetime) -> dict[str, int]:
+        if self.fail_counts:
+            msg = "store closed"
+            raise RuntimeError(msg)
         return dict(
             Counter(r.key for r in self.readings if is_usable(r.quality) and r.source_time >= since)
         )
@@ -842,3 +846,130 @@ async def test_list_endpoints_are_fresh_for_a_small_inventory(
     after = await get_json(client, "/api/v1/assets?site=plant2")
     assert after[0]["state"] != "unknown"
     assert (await get_json(client, "/api/v1/sites"))[1]["last_seen"] is not None
+
+
+# -- incremental lists and the answer cache (issues #6, #8) ------------------------------------
+
+
+async def test_list_bodies_equal_the_views_of_every_point(
+    client: httpx.AsyncClient, ctx: Ctx
+) -> None:
+    """`/sites` and `/assets` (counters, cached encodings) == the views built point by point."""
+    from pydantic import TypeAdapter
+
+    from gateway.api.schemas import AssetOut, SiteOut
+
+    assets_adapter = TypeAdapter(list[AssetOut])
+    sites_adapter = TypeAdapter(list[SiteOut])
+    for step in range(4):
+        if step == 1:
+            ctx.feed([reading("level", 60, 2.0)])  # plc2 never linked: tank1 changes
+        elif step == 2:
+            ctx.inventory.link_down("plc1", ctx.clock, "reset")
+        elif step == 3:
+            ctx.clock += timedelta(seconds=30)  # everything stale, no tick in between
+        full = ctx.inventory.assets(ctx.clock)  # every point evaluated now
+        for query, want in (
+            ("", full),
+            ("?site=plant1", [a for a in full if a.site == "plant1"]),
+            ("?state=offline", [a for a in full if a.state is State.OFFLINE]),
+        ):
+            r = await client.get(f"/api/v1/assets{query}")
+            assert r.content == assets_adapter.dump_json(
+                [AssetOut.from_view(a) for a in want]
+            ), (step, query)
+        r = await client.get("/api/v1/sites")
+        sites = ctx.inventory.sites(ctx.clock)
+        assert r.content == sites_adapter.dump_json([SiteOut.from_view(s) for s in sites])
+        for site in sites:
+            members = [a for a in full if a.site == site.id]
+            assert site.assets_by_state == {
+                st.value: sum(1 for a in members if a.state is st)
+                for st in (State.ONLINE, State.DEGRADED, State.OFFLINE, State.UNKNOWN)
+            }
+
+
+async def test_lists_show_a_point_gone_stale_before_the_tick(
+    client: httpx.AsyncClient, ctx: Ctx
+) -> None:
+    before = {a["id"]: a for a in await get_json(client, "/api/v1/assets?site=plant1")}
+    assert before["pump1"]["state"] == "online"
+    ctx.clock += timedelta(seconds=10)  # no reading, no tick: stale by the gateway clock
+    after = {a["id"]: a for a in await get_json(client, "/api/v1/assets?site=plant1")}
+    assert after["pump1"]["state"] == "offline"
+    assert after["pump1"]["points_by_state"]["offline"] == 2
+    site = (await get_json(client, "/api/v1/sites"))[0]
+    assert site["state"] == "offline"
+    assert site["assets_by_state"]["offline"] == 2
+
+
+def test_view_cache_versioned_bodies_and_fragments() -> None:
+    from gateway.api.cache import ViewCache, join_json
+
+    cache = ViewCache()
+    built: list[str] = []
+
+    def body(text: str) -> Callable[[], bytes]:
+        def run() -> bytes:
+            built.append(text)
+            return text.encode()
+
+        return run
+
+    assert cache.versioned("a", 1, body("one")) == b"one"
+    assert cache.versioned("a", 1, body("two")) == b"one"  # same version: kept
+    assert cache.versioned("a", 2, body("three")) == b"three"  # new version: rebuilt
+    assert cache.versioned("a", None, body("four")) == b"four"  # no version: never kept
+    assert cache.versioned("a", None, body("five")) == b"five"
+    assert cache.versioned("a", 2, body("six")) == b"three"
+    assert built == ["one", "three", "four", "five"]
+    view, other = object(), object()
+    assert cache.fragment("x", view, lambda: b"1") == b"1"
+    assert cache.fragment("x", view, lambda: b"2") == b"1"  # the same object: reused
+    assert cache.fragment("x", other, lambda: b"3") == b"3"  # another object: re-encoded
+    assert join_json([b"1", b'{"a":2}']) == b'[1,{"a":2}]'
+    assert join_json([]) == b"[]"
+    cache.clear()
+    assert cache.versioned("a", 2, body("seven")) == b"seven"
+
+
+async def test_metrics_coverage_equals_the_coverage_api(
+    client: httpx.AsyncClient, ctx: Ctx
+) -> None:
+    """The coverage series are `/api/v1/coverage`'s figures (same clock: exactly)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    r = await client.get("/metrics")
+    assert r.status_code == 200
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(r.text)
+        for s in family.samples
+    }
+    assert samples[("otgw_test_polls_total", ())] == 3  # the context's own registry first
+    for level in ("site", "asset"):
+        body = await get_json(client, f"/api/v1/coverage?window=3600&group_by={level}")
+        labels = ("site",) if level == "site" else ("site", "asset")
+        for row in body["rows"]:
+            key = tuple(sorted(zip(labels, row["group"].split("/"), strict=True)))
+            assert samples[(f"otgw_{level}_coverage_ratio", key)] == row["coverage"]
+            assert samples[(f"otgw_{level}_expected_samples", key)] == row["expected"]
+            assert samples[(f"otgw_{level}_received_samples", key)] == row["received"]
+        assert sum(1 for name, _ in samples if name == f"otgw_{level}_coverage_ratio") == len(
+            body["rows"]
+        )
+    assert samples[("otgw_coverage_window_seconds", ())] == 3600
+    assert samples[("otgw_coverage_window_end_timestamp_seconds", ())] == ctx.clock.timestamp()
+    assert samples[("otgw_coverage_window_start_timestamp_seconds", ())] == T0.timestamp()
+
+
+async def test_metrics_coverage_failure_keeps_the_other_metrics(
+    client: httpx.AsyncClient, ctx: Ctx
+) -> None:
+    ctx.fail_counts = True  # e.g. the store is closing
+    r = await client.get("/metrics")
+    assert r.status_code == 200
+    assert "otgw_test_polls_total 3.0" in r.text
+    assert "otgw_site_coverage_ratio" not in r.text  # never computed: nothing to show
+    ctx.fail_counts = False
+    assert "otgw_site_coverage_ratio" in (await client.get("/metrics")).text

@@ -5,13 +5,17 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from gateway.clock import to_rfc3339
 from gateway.model import Reading, Value
 from gateway.quality import Q
 from gateway.store import Store
+from inventory.gaps import rollup
 from inventory.inventory import Inventory
 from inventory.spec import AssetSpec, DeviceSpec, InventorySpec, PointSpec, SiteSpec
-from inventory.views import Gap, GapCause, State
+from inventory.views import AssetView, Gap, GapCause, SiteView, State
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 GOOD = int(Q.GOOD)
@@ -402,3 +406,235 @@ def test_tick_cost_is_independent_of_quiet_healthy_points() -> None:
     assert inv.heap_size <= 100  # time buckets, not points
     summary = inv.summary(s(5.5))
     assert (summary["points_online"], summary["points_offline"]) == (n - 1, 1)
+
+
+# -- incremental roll-ups and keep-alive parking (issue #8) -----------------------------------
+
+
+def _mixed_spec() -> InventorySpec:
+    """Polled and report-by-exception points over three devices, an empty asset and site."""
+    return InventorySpec(
+        sites=(SiteSpec("s1"), SiteSpec("s2"), SiteSpec("s3")),
+        assets=(AssetSpec("s1", "a1"), AssetSpec("s1", "a2"), AssetSpec("s2", "b1"),
+                AssetSpec("s2", "b2")),
+        points=(
+            PointSpec("s1", "a1", "p0", "d1", 1.0),
+            PointSpec("s1", "a1", "r0", "d2", 1.0, report_by_exception=True),
+            PointSpec("s1", "a2", "q0", "d1", 0.5),
+            PointSpec("s1", "a2", "r1", "d2", 2.0, report_by_exception=True),
+            PointSpec("s2", "b1", "r2", "d2", 1.0, report_by_exception=True),
+            PointSpec("s2", "b1", "z0", "d3", 1.0),
+        ),
+        devices=(DeviceSpec("d1", "modbus", "h"), DeviceSpec("d2", "opcua", "o"),
+                 DeviceSpec("d3", "mqtt", "m")),
+        gap_after=2.5,
+    )
+
+
+_MIXED_POINTS = {"p0": "a1", "r0": "a1", "q0": "a2", "r1": "a2", "r2": "b1", "z0": "b1"}
+_MIXED_SITE = {"a1": "s1", "a2": "s1", "b1": "s2"}
+
+
+def _summary_fields(view: object) -> dict[str, object]:
+    fields = dict(view.__dict__) if hasattr(view, "__dict__") else {
+        name: getattr(view, name) for name in view.__slots__  # type: ignore[attr-defined]
+    }
+    fields.pop("points", None)
+    return fields
+
+
+def _check_views_against_full_evaluation(
+    inv: Inventory, now: datetime, links: dict[str, bool]
+) -> None:
+    """Counter-based summaries equal what evaluating every point at `now` gives."""
+    full = inv.assets(now)  # every point evaluated at `now` (O(points))
+    fast = inv.assets(now, with_points=False)
+    assert [_summary_fields(a) for a in fast] == [_summary_fields(a) for a in full]
+    assert all(a.points == () for a in fast)
+    for state in State:
+        want = [(a.site, a.id) for a in full if a.state is state]
+        assert [(a.site, a.id) for a in inv.assets(now, state=state, with_points=False)] == want
+    by_site: dict[str, list[AssetView]] = {}
+    for a in full:
+        by_site.setdefault(a.site, []).append(a)
+    for site in inv.sites(now):
+        members = by_site.get(site.id, [])
+        assert site == inv.site(site.id, now)
+        assert site.state is rollup(a.state for a in members)
+        assert site.assets_by_state == {
+            st.value: sum(1 for a in members if a.state is st) for st in
+            (State.ONLINE, State.DEGRADED, State.OFFLINE, State.UNKNOWN)
+        }
+        assert site.points_total == sum(a.points_total for a in members)
+        assert site.open_gaps == sum(a.open_gaps for a in members)
+        seen = [a.last_seen for a in members if a.last_seen is not None]
+        assert site.last_seen == max(seen, default=None)
+        assert [a.id for a in inv.assets(now, site=site.id, with_points=False)] == [
+            a.id for a in members
+        ]
+    points = [p for a in full for p in a.points]
+    for dev in inv.devices(now):
+        mine = [p for p in points if p.device == dev.id]
+        states = {p.state for p in mine}
+        link = links.get(dev.id)
+        if link is False:
+            want = State.OFFLINE
+        elif link is None:
+            want = rollup(states)
+        else:
+            want = State.DEGRADED if states & {State.DEGRADED, State.OFFLINE} else State.ONLINE
+        assert dev.state is want
+        seen = [p.last_seen for p in mine if p.last_seen is not None]
+        good = [p.last_good for p in mine if p.last_good is not None]
+        assert (dev.last_seen, dev.last_good) == (max(seen, default=None), max(good, default=None))
+
+
+_mixed_step = st.one_of(
+    st.tuples(st.just("read"), st.sampled_from(sorted(_MIXED_POINTS)), st.booleans(),
+              st.floats(0.0, 3.0)),
+    st.tuples(st.just("tick"), st.floats(0.0, 4.0)),
+    st.tuples(st.just("alive"), st.floats(0.0, 2.0)),
+    st.tuples(st.just("link"), st.sampled_from(["d1", "d2", "d3"]), st.booleans()),
+    st.tuples(st.just("look"), st.floats(-1.0, 6.0)),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(steps=st.lists(_mixed_step, max_size=60))
+def test_counter_roll_ups_equal_full_evaluation(steps: list[tuple[object, ...]]) -> None:
+    """Sites, asset summaries and devices from counters == every point evaluated at `now`.
+
+    Also across `tick`s, keep-alives (parked RBE points), links going up and down, views
+    asked between ticks (points stale but not yet ticked) and before the latest evaluation
+    (a clock that stepped back); and an unchanged `summary_version` means unchanged answers.
+    """
+    inv = Inventory(_mixed_spec(), now=s(0))
+    t = 0.0
+    links: dict[str, bool] = {}
+    last: tuple[int, list[SiteView], list[AssetView]] | None = None
+    for step in steps:
+        kind = step[0]
+        if kind == "read":
+            _, point, good, dt = step
+            t += float(dt)  # type: ignore[arg-type]
+            asset = _MIXED_POINTS[str(point)]
+            quality = GOOD if good else int(Q.BAD_TIMEOUT)
+            inv.observe([Reading(_MIXED_SITE[asset], asset, str(point), None if not good
+                                 else 1.0, None, quality, s(t), s(t), "test://")])
+        elif kind == "tick":
+            t += float(step[1])  # type: ignore[arg-type]
+            inv.tick(s(t))
+        elif kind == "alive":
+            t += float(step[1])  # type: ignore[arg-type]
+            inv.device_alive("d2", s(t))
+        elif kind == "link":
+            dev, up = str(step[1]), bool(step[2])
+            links[dev] = up
+            if up:
+                inv.link_up(dev, s(t))
+            else:
+                inv.link_down(dev, s(t), "x")
+        else:
+            now = s(max(0.0, t + float(step[1])))  # type: ignore[arg-type]
+            _check_views_against_full_evaluation(inv, now, links)
+            version = inv.summary_version(now)
+            sites = inv.sites(now)
+            assets = inv.assets(now, with_points=False)
+            if last is not None and version is not None and version == last[0]:
+                assert (sites, assets) == (last[1], last[2])
+            last = (version, sites, assets) if version is not None else None
+    _check_views_against_full_evaluation(inv, s(t), links)
+    _check_views_against_full_evaluation(inv, s(t + 10), links)
+
+
+def test_unchanged_summaries_are_reused_and_changes_bump_the_version() -> None:
+    inv = Inventory(plant(), now=s(0), tick_grace=0.0)
+    inv.link_up("d1", s(0))
+    inv.observe([rd(1, "p0"), rd(1, "p1")])
+    v1 = inv.summary_version(s(1))
+    first = inv.assets(s(1), with_points=False)
+    sites = inv.sites(s(1))
+    assert v1 is not None
+    assert inv.summary_version(s(1.5)) == v1
+    again = inv.assets(s(1.5), with_points=False)
+    assert all(x is y for x, y in zip(first, again, strict=True))  # the same objects
+    assert all(x is y for x, y in zip(sites, inv.sites(s(1.5)), strict=True))
+    inv.observe([rd(1.5, "p0")])  # a1's last seen moves: a1 and s1 change, a2 and s2 not
+    v2 = inv.summary_version(s(1.5))
+    assert v2 is not None
+    assert v2 != v1
+    after = inv.assets(s(1.5), with_points=False)
+    assert after[0] is not first[0]
+    assert after[0].last_seen == s(1.5)
+    assert after[1] is first[1]
+    # p0 and p1 stale at 1.5 + 2.5 but no tick yet: the answer depends on `now`
+    assert inv.summary_version(s(4.1)) is None
+    assert inv.assets(s(4.1), with_points=False)[0].state is State.OFFLINE
+    inv.tick(s(4.1))
+    assert inv.summary_version(s(4.1)) is not None
+
+
+def _rbe_plant(n: int) -> InventorySpec:
+    return InventorySpec(
+        sites=(SiteSpec("s1"),),
+        assets=tuple(AssetSpec("s1", f"a{i}") for i in range(max(1, n // 1000))),
+        points=tuple(
+            PointSpec("s1", f"a{i % max(1, n // 1000)}", f"r{i}", "opc", 1.0,
+                      report_by_exception=True)
+            for i in range(n)
+        ),
+        devices=(DeviceSpec("opc", "opcua", "o"),),
+    )
+
+
+def test_keepalives_park_quiet_rbe_points_and_cost_nothing_per_point() -> None:
+    """20k silent RBE points with keep-alives: after one pass they are parked on their device,
+    so a keep-alive and a tick touch no point (counted operations, never time)."""
+    n = 20_000
+    inv = Inventory(_rbe_plant(n), now=s(0), tick_grace=0.0)
+    inv.link_up("opc", s(0))
+    ids = [(f"a{i % (n // 1000)}", f"r{i}") for i in range(n)]
+    inv.observe([Reading("s1", a, p, 1.0, None, GOOD, s(0), s(0), "test://") for a, p in ids])
+    examined: list[int] = []
+    for k in range(1, 41):  # 20 s of keep-alives every 0.5 s, no value changes
+        now = s(k / 2)
+        inv.device_alive("opc", now)
+        assert inv.tick(now) == []
+        examined.append(inv.tick_examined)
+    assert inv.parked_count == n
+    # the first deadlines (2.5 s) pass n points once; afterwards a tick looks at ~nothing
+    assert max(examined[10:]) <= 5, examined
+    assert inv.summary(s(20))["points_online"] == n
+    assert all(a.state is State.ONLINE for a in inv.assets(s(20), with_points=False))
+    # a value change unparks one point; keep-alives then stop: every point goes stale once
+    inv.observe([Reading("s1", "a0", "r0", 2.0, None, GOOD, s(20), s(20), "test://")])
+    assert inv.parked_count == n - 1
+    assert inv.assets(s(22.5), with_points=False)[0].state is State.ONLINE
+    assert inv.assets(s(22.6), with_points=False)[0].state is State.OFFLINE  # not yet ticked
+    gaps = inv.tick(s(23))
+    assert len(gaps) == n
+    starts = {g.start for g in gaps}
+    assert starts == {s(1), s(21)}  # last good + one interval, keep-alives do not move it
+    assert inv.parked_count == 0
+    assert inv.summary(s(23))["points_offline"] == n
+
+
+def test_parked_points_go_offline_with_their_device_and_recover() -> None:
+    inv = Inventory(_rbe_plant(10), now=s(0), tick_grace=0.0)
+    inv.link_up("opc", s(0))
+    inv.observe([Reading("s1", "a0", f"r{i}", 1.0, None, GOOD, s(0), s(0), "test://")
+                 for i in range(10)])
+    for k in range(1, 7):
+        inv.device_alive("opc", s(k))
+        inv.tick(s(k))
+    assert inv.parked_count == 10
+    inv.link_down("opc", s(6.5), "lost")
+    assert inv.assets(s(6.5), with_points=False)[0].state is State.OFFLINE
+    inv.device_alive("opc", s(7))  # ignored while down
+    gaps = inv.tick(s(9))  # last keep-alive at 6 + 2.5
+    assert {(g.cause, g.start) for g in gaps} == {(GapCause.DEVICE_OFFLINE, s(1))}
+    inv.link_up("opc", s(10))
+    inv.observe([Reading("s1", "a0", f"r{i}", 1.0, None, GOOD, s(10), s(10), "test://")
+                 for i in range(10)])
+    assert inv.open_gap_count == 0
+    assert inv.assets(s(10), with_points=False)[0].state is State.ONLINE

@@ -1,18 +1,23 @@
-"""Adaptive reuse of expensive inventory views under load.
+"""Reuse of encoded inventory views: versioned bodies, per-item fragments, adaptive reuse.
 
-Building the views of every site or asset costs O(points) on the event loop (≈0.5 s for 100k
-points, measured in ``bench/api_latency.py``). `ViewCache` recomputes a view on every request
-while that is cheap, and reuses the last result for a short time when it is not: an entry that
-cost ``c`` seconds to build is reused for ``min(max_age, factor × c)`` seconds. So a small plant
-always gets fresh answers, and a large one spends at most about ``1 / factor`` of the loop on
-these views however many clients poll, at the price of answers up to that age.
-`ViewCache.derive` also keeps the encoded JSON of each filtered answer for as long as its view
-is reused, so a polled list is serialized once per view, not once per request.
+The site and asset lists are served from encodings kept in `ViewCache` and rebuilt only when
+the inventory says something in them changed (`inventory.Inventory.summary_version`):
+- `ViewCache.versioned` keeps one encoded body per key (e.g. ``assets?site=north``) with the
+  version it was built at, and returns it while the version is unchanged;
+- `ViewCache.fragment` keeps the encoded JSON of each item (one asset, one site) for as long as
+  the inventory hands out the very same view object, so a rebuilt list re-encodes only the
+  items that changed and joins the rest (`join_json`).
+So a request costs O(1) while nothing changed, and O(items) dictionary look-ups plus the changed
+items' encoding after a change, whatever the number of points.
+
+`ViewCache.get`/`derive` keep the older adaptive reuse for views without a version (devices): a
+view that cost ``c`` seconds to build is reused for ``min(max_age, factor × c)`` seconds, never
+when it is cheaper than ``min_cost``, so small answers are always fresh.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
@@ -27,7 +32,14 @@ FACTOR = 10.0
 MAX_AGE_S = 5.0
 """Longest reuse of a view [s]."""
 MAX_DERIVED = 1024
-"""Derived values kept at most (one per filter combination) [count]."""
+"""Derived values and versioned bodies kept at most (one per filter combination) [count]."""
+MAX_FRAGMENTS = 1_000_000
+"""Encoded items kept at most (one per site or asset) [count]."""
+
+
+def join_json(fragments: Iterable[bytes]) -> bytes:
+    """A JSON array from already encoded JSON values (no whitespace, like pydantic's output)."""
+    return b"[" + b",".join(fragments) + b"]"
 
 
 @dataclass(slots=True)
@@ -61,8 +73,11 @@ class ViewCache:
         self._clock = clock
         self._entries: dict[str, _Entry] = {}
         self._derived: dict[str, tuple[object, Any]] = {}
+        self._versioned: dict[str, tuple[int, bytes]] = {}
+        self._fragments: dict[Hashable, tuple[object, bytes]] = {}
         self.hits = 0
         self.builds = 0
+        self.fragment_builds = 0
 
     def get(self, key: str, build: Callable[[], T]) -> T:
         """The cached result of `build` for `key`, or a fresh one.
@@ -109,7 +124,55 @@ class ViewCache:
         self._derived[key] = (base, value)
         return value
 
+    def versioned(self, key: str, version: int | None, build: Callable[[], bytes]) -> bytes:
+        """The body built for `key` at `version`, or a fresh one.
+
+        Args:
+            key: What is encoded, including its filters, e.g. ``"assets?site=north"``.
+            version: The source's version (`inventory.Inventory.summary_version`); None means
+                the answer depends on the moment: built every time, never kept.
+            build: Encodes the body.
+
+        Returns:
+            The encoded body.
+        """
+        if version is not None:
+            entry = self._versioned.get(key)
+            if entry is not None and entry[0] == version:
+                self.hits += 1
+                return entry[1]
+        body = build()
+        self.builds += 1
+        if version is not None:
+            if len(self._versioned) >= MAX_DERIVED:
+                self._versioned.clear()
+            self._versioned[key] = (version, body)
+        return body
+
+    def fragment(self, key: Hashable, view: object, encode: Callable[[], bytes]) -> bytes:
+        """The encoding of one item, reused while `view` is the very same object.
+
+        Args:
+            key: The item, e.g. ``("asset", "north", "boiler-1")``.
+            view: The item's view as the source handed it out (identity is compared).
+            encode: Encodes the item.
+
+        Returns:
+            The encoded item.
+        """
+        entry = self._fragments.get(key)
+        if entry is not None and entry[0] is view:
+            return entry[1]
+        body = encode()
+        self.fragment_builds += 1
+        if len(self._fragments) >= MAX_FRAGMENTS:
+            self._fragments.clear()
+        self._fragments[key] = (view, body)
+        return body
+
     def clear(self) -> None:
         """Forget every entry."""
         self._entries.clear()
         self._derived.clear()
+        self._versioned.clear()
+        self._fragments.clear()

@@ -6,15 +6,22 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import Response
-from pydantic import TypeAdapter
 
+from gateway.api.cache import ViewCache, join_json
 from gateway.api.deps import SLUG, AssetId, CtxDep, SiteId, ViewsDep
 from gateway.api.schemas import AssetDetailOut, AssetOut, ErrorOut
-from inventory.views import State
+from inventory.views import AssetView, State
 
 router = APIRouter(prefix="/assets", tags=["assets"])
 
-_LIST = TypeAdapter(list[AssetOut])
+
+def asset_json(views: ViewCache, view: AssetView) -> bytes:
+    """The JSON of one `AssetOut`, re-encoded only when the inventory's view changed."""
+    return views.fragment(
+        ("asset", view.site, view.id),
+        view,
+        lambda: AssetOut.from_view(view).model_dump_json().encode(),
+    )
 
 
 @router.get("", summary="List assets", response_model=list[AssetOut])
@@ -28,21 +35,17 @@ async def list_assets(
 ) -> Response:
     """Asset summaries, optionally filtered; an unknown site gives an empty list.
 
-    With a very large inventory the answer may be a snapshot up to a few seconds old (see
-    `gateway.api.cache`).
+    Always current: the inventory keeps the roll-ups as counters, and the encoded answer is
+    kept only while nothing in it changed (see `gateway.api.cache`).
     """
-    every = views.get(
-        "assets", lambda: [AssetOut.from_view(a) for a in ctx.inventory.assets(ctx.now())]
-    )
-    body = views.derive(
+    now = ctx.now()
+    inventory = ctx.inventory
+    body = views.versioned(
         f"assets?site={site}&state={state}",
-        every,
-        lambda: _LIST.dump_json(
-            [
-                a
-                for a in every
-                if (site is None or a.site == site) and (state is None or a.state == state)
-            ]
+        inventory.summary_version(now),
+        lambda: join_json(
+            asset_json(views, a)
+            for a in inventory.assets(now, site=site, state=state, with_points=False)
         ),
     )
     return Response(body, media_type="application/json")
