@@ -851,11 +851,8 @@ class OpcUaConnector:
             (the value when found, as text, or None), ``first_seen`` and ``last_seen`` (RFC
             3339 UTC: the walks that found it) and ``reason`` (``not_configured``).
         """
-        items = sorted(
-            self._unmapped.values(),
-            key=lambda u: (u.last_seen, u.info["browse_path"]),
-            reverse=True,
-        )
+        by_path = sorted(self._unmapped.values(), key=lambda u: u.info["browse_path"])
+        items = sorted(by_path, key=lambda u: u.last_seen, reverse=True)  # stable: paths stay
         return [
             {
                 "source": u.info["source"],
@@ -1038,9 +1035,12 @@ class OpcUaConnector:
             )
             raise WriteError("timeout", msg) from None
         except UaStatusCodeError as exc:
-            msg = f"{endpoint}: {slot.key}: {_explain(exc.code)}"
+            msg = f"{endpoint}: {slot.key}: {_explain(exc.code)}; nothing was written"
             raise WriteError("device", msg, status_name(exc.code)) from None
-        except (UaError, ConnectionError, OSError) as exc:
+        except UaError as exc:  # e.g. a DataType that is no subtype of a built-in type
+            msg = f"{endpoint}: {slot.key}: cannot resolve the DataType ({exc}); nothing was sent"
+            raise WriteError("unsupported", msg) from None
+        except (ConnectionError, OSError) as exc:
             msg = f"{endpoint}: {slot.key}: reading the DataType failed: {exc}; nothing was sent"
             raise WriteError("offline", msg) from None
         value_rank = _good_value(rank)
