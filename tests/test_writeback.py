@@ -707,3 +707,59 @@ def test_audit_table_refuses_update_and_delete_and_the_chain_detects_edits(
         await log.close()
 
     asyncio.run(check())
+
+
+# ---------------------------------------------------------------------------------------------
+# The same route for an OPC UA point (the connector's Write service; inverse scale applies)
+
+
+def test_write_to_an_opcua_point_through_the_api(tmp_path: Path) -> None:
+    variables = [
+        {"name": "Line/Setpoint", "type": "Double", "signal": const(50.0), "writable": True},
+        {"name": "Line/Count", "type": "UInt32", "signal": const(3), "writable": True},
+        {"name": "Line/Fixed", "type": "Double", "signal": const(1.0)},
+    ]
+    profile = {"devices": [{"id": "opc", "protocol": "opcua", "variables": variables}]}
+    with pytest.MonkeyPatch.context() as mp, start_simulator(profile, tmp_path / "sim") as sim:
+        mp.setenv(TOKEN_ENV, OPERATOR)
+        cfg = {
+            "gateway": {"data_dir": str(tmp_path / "data")},
+            "api": {"port": 0, "auth": {"tokens": tokens()}},
+            "writes": {"enabled": True},
+            "devices": [{"id": "opc", "protocol": "opcua",
+                         "endpoint": sim.ready["devices"]["opc"]["endpoint"],
+                         "security_policy": "None", "insecure": True, "timeout": 1.0,
+                         "discover": False}],
+            "sites": [{"id": "s", "assets": [{"id": "a", "points": [
+                {"id": "sp", "device": "opc", "node_id": "ns=2;s=Line.Setpoint", "scale": 2.0,
+                 "writable": True, "write_range": [0, 100]},
+                {"id": "count", "device": "opc", "node_id": "ns=2;s=Line.Count",
+                 "writable": True, "write_range": [0, 100]},
+                {"id": "fixed", "device": "opc", "node_id": "ns=2;s=Line.Fixed",
+                 "writable": True, "write_range": [0, 100]},
+            ]}]}],
+        }
+        gw = GatewayProcess(cfg, tmp_path).start()
+        try:
+            wait_for(lambda: all(p["value"] is not None
+                                 for p in gw.get("/api/v1/assets/s/a")["points"]),
+                     timeout=30, what="first OPC UA readings")
+
+            def post(point: str, body: dict[str, Any]) -> httpx.Response:
+                return httpx.post(f"{gw.url}/api/v1/assets/s/a/points/{point}/write", json=body,
+                                  headers={"Authorization": f"Bearer {OPERATOR}"}, timeout=20)
+
+            ok = post("sp", {"value": 30})
+            assert ok.status_code == 200, ok.text
+            body = ok.json()
+            assert (body["raw_value"], body["confirmed_value"]) == (15.0, 30.0)
+            assert body["encoded"] == "Write ns=2;s=Line.Setpoint Double 15.0"
+            assert body["registers"] is None
+            assert post("count", {"value": 7}).json()["confirmed_value"] == 7
+            assert post("count", {"value": 7.5}).status_code == 422  # not an integer (UInt32)
+            refused = post("fixed", {"value": 3})
+            assert refused.status_code == 409, refused.text
+            assert refused.json()["code"] == "BadNotWritable"
+            assert post("sp", {"value": 101}).status_code == 422
+        finally:
+            gw.stop()
