@@ -66,8 +66,10 @@ DEFAULT_ALLOWED_HOSTS: tuple[str, ...] = ("localhost", "127.0.0.1", "[::1]")
 """Host header values accepted by default (the API binds to loopback by default)."""
 
 _DESCRIPTION = """\
-Read-only HTTP API of ot-gateway: sites, assets, points, devices, data gaps and coverage;
-readings history and exports (JSON, CSV, Parquet) and a live stream (Server-Sent Events).
+HTTP API of ot-gateway: sites, assets, points, devices, data gaps and coverage; readings history
+and exports (JSON, CSV, Parquet) and a live stream (Server-Sent Events). Read-only by default;
+guarded write-back of writable points (`operator` token, `writes.enabled`, range and type checks,
+audited) and the audit log (`admin` token). Tokens: `Authorization: Bearer <token>` (RFC 6750).
 
 Times are RFC 3339 UTC strings ending in `Z`; durations are seconds; quality is the OPC UA
 StatusCode (uint32) with its name and severity. Values are `null` when the quality is Bad.

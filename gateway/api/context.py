@@ -5,7 +5,12 @@ into the runtime, the store or the connectors by any other way.
 
 Optional members (looked up with ``getattr``, so older contexts keep working):
 ``sink_status() -> list[dict[str, object]]`` — state of the forwarding sinks (``/api/v1/sinks``);
-``unmapped() -> list[dict[str, object]]`` — sources matching no point (``/api/v1/unmapped``).
+``unmapped() -> list[dict[str, object]]`` — sources matching no point (``/api/v1/unmapped``);
+``cfg: GatewayConfig`` — the config: ``api.auth`` tokens and roles, CORS, body limit,
+``writes`` and the points (without it: no tokens, open reads, writes disabled);
+``devices: Mapping[str, run]`` — per device id an object with ``connector`` (the live connector,
+whose ``write(point_id, raw, dry_run=)`` is used for write-back, or None) and ``link_up`` (bool),
+as `gateway.runtime.DeviceRun`. The audit log lives in the file at ``store.path``.
 """
 
 from __future__ import annotations
