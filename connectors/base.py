@@ -88,13 +88,18 @@ class WriteError(ConnectorError):
         code: The protocol's code when there is one: ``"exception_02"`` (Modbus), or the OPC UA
             StatusCode name such as ``"BadNotWritable"``; else None.
         message: Human-readable reason; never holds secrets.
+        read_back: The point as read after a failed or unanswered write, when the connector
+            could read it (helps an operator judge an "outcome unknown"); else None.
     """
 
-    def __init__(self, kind: str, message: str, code: str | None = None) -> None:
+    def __init__(
+        self, kind: str, message: str, code: str | None = None, *, read_back: Sample | None = None
+    ) -> None:
         super().__init__(message)
         self.kind = kind
         self.code = code
         self.message = message
+        self.read_back = read_back
 
 
 @dataclass(slots=True)

@@ -107,8 +107,10 @@ class PointBase(BaseModel):
                 if not (math.isfinite(low) and math.isfinite(high)) or low > high:
                     msg = f"{name}: must be [min, max] with finite min <= max, got {list(value)}"
                     raise ValueError(msg)
-        if self.writable and self.write_range is None and self.range is None:
-            msg = "write_range: required for a writable point (or set range)"
+        kind = getattr(self, "type", None) or getattr(self, "value_type", None)
+        numeric = str(getattr(kind, "value", kind)) not in ("bool", "string")
+        if self.writable and numeric and self.write_range is None and self.range is None:
+            msg = "write_range: required for a writable numeric point (or set range)"
             raise ValueError(msg)
         return self
 
@@ -120,6 +122,13 @@ class PointBase(BaseModel):
 
 class ModbusPointConfig(ModbusAddress, PointBase):
     """A point on a Modbus device: the common fields plus the register address (flat keys)."""
+
+    @model_validator(mode="after")
+    def _writable_table(self) -> Self:
+        if self.writable and self.table.value in ("input", "discrete"):
+            msg = f"writable: {self.table.value} points are read-only in Modbus"
+            raise ValueError(msg)
+        return self
 
 
 class OpcUaPointConfig(OpcUaAddress, PointBase):
@@ -275,6 +284,9 @@ class ApiConfig(BaseModel):
         port: TCP port [0..65535], 0 = any free.
         auth: Tokens and roles.
         cors_origins: Origins allowed by CORS; empty = CORS off (default).
+        allowed_hosts: Host header names accepted besides ``localhost``/``127.0.0.1``/``[::1]``
+            (DNS-rebinding protection); add the name or address clients use when ``host`` is
+            not loopback; ``*`` accepts any.
         max_body_bytes: Largest request body accepted [bytes] [1..10485760]; beyond, 413.
     """
 
@@ -285,6 +297,11 @@ class ApiConfig(BaseModel):
     port: int = Field(default=8080, ge=0, le=65535, description="TCP port [0..65535], 0 = any free")
     auth: ApiAuthConfig = Field(default_factory=ApiAuthConfig)
     cors_origins: list[str] = Field(default_factory=list, description="CORS origins; [] = off")
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="More Host header names accepted besides localhost (e.g. the gateway's DNS "
+        "name or IP when host is not loopback); '*' = any",
+    )
     max_body_bytes: int = Field(
         default=65_536, ge=1, le=10 * 1024 * 1024, description="Request body limit [bytes]"
     )

@@ -707,7 +707,7 @@ async def serve(
         api_port: TCP port [0..65535] (0 = any free port), or None for no API.
         on_ready: Called once with the API's bound port (or None) when everything runs.
     """
-    from gateway.api.app import create_app
+    from gateway.api.app import DEFAULT_ALLOWED_HOSTS, create_app
     from gateway.api.server import ApiServer
 
     await runtime.start()
@@ -715,7 +715,10 @@ async def serve(
     try:
         port: int | None = None
         if api_host is not None and api_port is not None:
-            server = ApiServer(create_app(runtime), api_host, api_port)
+            hosts = [*DEFAULT_ALLOWED_HOSTS, *runtime.cfg.api.allowed_hosts]
+            if api_host not in ("0.0.0.0", "::", ""):
+                hosts.append(f"[{api_host}]" if ":" in api_host else api_host)
+            server = ApiServer(create_app(runtime, allowed_hosts=hosts), api_host, api_port)
             port = await server.start()
         if on_ready is not None:
             on_ready(port)

@@ -97,8 +97,7 @@ POINTS: list[dict[str, Any]] = [
      "writable": True, "write_range": [0, 1000]},
     {"id": "audit-b", "device": "plc", "register": "holding", "address": 31, "type": "uint16",
      "writable": True, "write_range": [0, 1000], "offset": 100},
-    {"id": "readonly", "device": "plc", "register": "input", "address": 0, "type": "uint16",
-     "writable": True, "write_range": [0, 10]},
+    {"id": "readonly", "device": "plc", "register": "input", "address": 0, "type": "uint16"},
     {"id": "remote", "device": "gone", "register": "holding", "address": 0, "type": "uint16",
      "writable": True, "write_range": [0, 10]},
 ]
@@ -490,15 +489,28 @@ def test_r26a_offline_device_is_503_and_nothing_is_sent(plant: Plant) -> None:
     assert (entry["result"], entry["status"]) == ("failed", 503)
 
 
-def test_read_only_table_is_409(plant: Plant) -> None:
+def test_read_only_table_is_refused_at_config_time_and_403_at_write_time(plant: Plant) -> None:
+    """A writable input/discrete point is a config error (before anything connects)."""
+    from gateway.config import ConfigError, parse_config
+
+    for table in ("input", "discrete"):
+        kind = "uint16" if table == "input" else "bool"
+        text = (
+            "devices: [{id: d, host: 127.0.0.1, port: 5020}]\n"
+            "sites: [{id: s, assets: [{id: a, points: [{id: p, device: d, "
+            f"register: {table}, address: 0, type: {kind}, writable: true, "
+            "write_range: [0, 1]}]}]}]\n"
+        )
+        with pytest.raises(ConfigError) as err:
+            parse_config(text)
+        assert any(m.startswith("sites[0].assets[0].points[0].writable: ") and "read-only" in m
+                   for m in err.value.messages), err.value.messages
     before = plant.writes()
     resp = plant.post("readonly", {"value": 3})
-    assert resp.status_code == 409, resp.text
-    assert "read-only" in resp.json()["detail"]
+    assert resp.status_code == 403, resp.text
     assert plant.writes() == before
 
 
-# ---------------------------------------------------------------------------------------------
 # S4: the audit log is complete, read-only and verifiable
 
 
