@@ -13,9 +13,11 @@ PUBLISH, DISCONNECT, anything malformed) handed to paho unchanged through a buff
 ``_sock_recv``. paho's own read loop takes one packet per event loop iteration with three
 ``recv`` calls and builds an `MQTTMessage` (with a `threading.Condition`) and MQTT 5
 `Properties` per message; measured here that was most of the cost of a QoS 0 stream
-(bench/mqtt_ingest.py, docs/benchmarks.md). The consumer is woken once per burst; `samples`
-swaps the inbox out and decodes the whole burst into one batch, so the per-message cost is one
-topic lookup in a cache (topic -> mapping and point keys) plus the decoder. aiomqtt's message
+(bench/mqtt_ingest.py, docs/benchmarks.md). The consumer is woken once per burst and yields
+at most one batch per `BATCH_INTERVAL_S` (10 ms; not with ``ack: commit``, whose broker
+in-flight window would throttle); `samples` swaps the inbox out and decodes it into one batch,
+so the per-message cost is one topic lookup in a cache (topic -> mapping and point keys) plus
+the decoder. aiomqtt's message
 queue and `Message` objects are bypassed (set up through ``aiomqtt.Client._client``, the paho
 client, and paho's ``_sock``/``_sock_recv``/``_in_packet``: pinned by ``aiomqtt~=2.5`` and
 ``paho-mqtt>=2.1,<3``).
@@ -127,6 +129,12 @@ MAX_ROUTE_CACHE = 100_000
 """Distinct topics whose routing is cached; the cache is cleared when full."""
 MAX_PACKET_OVERHEAD = 65_600
 """Bytes added to ``max_payload_bytes`` for the MQTT 5 Maximum Packet Size (header + topic)."""
+BATCH_INTERVAL_S = 0.01
+"""Least time between two batches yielded by `MqttConnector.samples` [s] (not with ``ack:
+commit``): messages arriving meanwhile join the next batch, so a steady stream costs one
+batch (pipeline, commit, inventory update) per 10 ms instead of one per TCP segment."""
+BATCH_MAX = 5_000
+"""Messages waiting that end the `BATCH_INTERVAL_S` wait early [count]."""
 RECV_BYTES = 262_144
 """Bytes read from the socket per readable event (≈ 2,500 small messages) [bytes]; a frame
 larger than this is accumulated by paho."""
@@ -759,6 +767,7 @@ class MqttConnector:
         monotonic = self._clock.monotonic
         silence = 1.5 * self._device.keepalive
         sessions = self._sessions
+        last_yield = 0.0
         while True:
             if not self._inbox and not disconnected.done():
                 waiter = loop.create_future()
@@ -773,6 +782,10 @@ class MqttConnector:
                     )
                 finally:
                     self._waiter = None
+            if self._inbox and not self._manual_ack and len(self._inbox) < BATCH_MAX:
+                delay = last_yield + BATCH_INTERVAL_S - monotonic()
+                if delay > 0:  # let a stream of small bursts gather into one batch
+                    await asyncio.sleep(delay)
             now = monotonic()
             batch: list[Sample] = []
             if self._inbox:
@@ -784,6 +797,7 @@ class MqttConnector:
             if sessions.next_deadline() is not None:
                 await self._apply_tick(now, batch)
             if batch:
+                last_yield = now
                 self.stats.polls += 1
                 self.batches += 1
                 if self._manual_ack and self._pending_mids:
