@@ -21,8 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import re
 import signal
 import subprocess
 import sys
@@ -32,63 +30,18 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+sys.path.insert(0, str(ROOT / "bench"))
+
+from common import cpu_seconds, metric, ot_gateway, start_gateway, status_mb, stop  # noqa: E402
+
 from gateway.model import Reading  # noqa: E402
 from gateway.store import Store  # noqa: E402
 from tests.vm_helpers import VictoriaMetrics  # noqa: E402
-
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def status_mb(pid: int, key: str) -> float:
-    m = re.search(rf"{key}:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text())
-    return int(m.group(1)) / 1024 if m else float("nan")
-
-
-def metric(url: str, name: str) -> float:
-    text = httpx.get(url + "/metrics", timeout=10).text
-    m = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
-    return float(m.group(1)) if m else 0.0
-
-
-def start_gateway(cfg: dict[str, Any], work: Path, name: str) -> tuple[subprocess.Popen[bytes], str]:
-    path = work / f"{name}.yaml"
-    ready = work / f"{name}.ready.json"
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    ready.unlink(missing_ok=True)
-    log = (work / f"{name}.log").open("ab")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "run", "-c", str(path), "--api-port", "0",
-         "--ready-file", str(ready), "--log-level", "warning"],
-        stdout=log, stderr=subprocess.STDOUT, cwd=work,
-    )
-    deadline = time.monotonic() + 120
-    while not (ready.exists() and ready.read_text().strip()):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"gateway did not start: see {work / (name + '.log')}")
-        time.sleep(0.05)
-    port = json.loads(ready.read_text())["api_port"]
-    return proc, f"http://127.0.0.1:{port}"
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(10)
 
 
 def sink_cfg(url: str, **extra: Any) -> dict[str, Any]:
@@ -164,7 +117,7 @@ def steady(devices: int, registers: int, window: float, with_sink: bool, work: P
     prof = work / f"sim-{tag}.yaml"
     prof.write_text(yaml.safe_dump(profile))
     ready = work / f"sim-{tag}.ready.json"
-    sim = subprocess.Popen([sys.executable, "-m", "simulator", "-c", str(prof), "--ready-file",
+    sim = subprocess.Popen([*ot_gateway(), "simulate", "-c", str(prof), "--ready-file",
                             str(ready)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60

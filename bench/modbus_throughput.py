@@ -112,6 +112,7 @@ def measure(devices: int, registers: int, interval: float, window: float, work: 
         n0, c0, m0 = max_id(conn), cpu_seconds(gw.pid), time.monotonic()
         pid = gw.pid
         th0 = thread_cpu(pid)
+        s0 = cpu_seconds(sim.pid)
         profiler = None
         if profile_to is not None:
             from profile_gateway import start_profile
@@ -119,6 +120,7 @@ def measure(devices: int, registers: int, interval: float, window: float, work: 
         time.sleep(window)
         n1, c1, m1 = max_id(conn), cpu_seconds(gw.pid), time.monotonic()
         th1 = thread_cpu(gw.pid)
+        s1 = cpu_seconds(sim.pid)
         over1 = metric_sum(url, "otgw_overruns_total")
         rss = status_mb(gw.pid, "VmHWM")
         if profiler is not None:
@@ -154,6 +156,7 @@ def measure(devices: int, registers: int, interval: float, window: float, work: 
             "on_time": sum(e <= interval / 2 for e in errors) / len(errors) if errors else float("nan"),
             "overruns": over1 - over0,
             "threads": threads_share(pid, th0, th1, m1 - m0),
+            "sim_cpu": (s1 - s0) / (m1 - m0),
         }
     finally:
         stop(gw)
