@@ -11,7 +11,10 @@ now. Faults:
 
 - ``offline`` (server down): the server stops (listener and connections closed, every session
   and subscription gone); at the end a *new* server listens on the same endpoint, as after a
-  process restart (R18);
+  process restart (R18). The replacement servers are built before the schedule starts (one
+  per ``offline`` entry; for a repeating one, the next is built after each restart): building
+  an asyncua server costs about a second of CPU, which must not stall the other devices of
+  the process in the middle of a measurement;
 - ``frozen``: values stand still (no writes, so subscriptions see only keep-alives);
 - ``status``: the variables report the given StatusCode (and no value with ``null_value``);
 - ``clock_skew``: SourceTimestamps shifted by ``offset`` s, or MinDateTime, or absent (R23).
@@ -345,6 +348,14 @@ class _InternalServer(InternalServer):
 
 
 @dataclass(slots=True, eq=False)
+class _Built:
+    """A server built (address space complete) but not listening yet, with its variables."""
+
+    server: Server
+    variables: list[_Variable]
+
+
+@dataclass(slots=True, eq=False)
 class _Variable:
     cfg: VariableConfig
     node_id: ua.NodeId
@@ -383,12 +394,12 @@ class OpcUaDevice:
         self._seed = seed
         self._workdir = workdir or Path.cwd()
         self._server: Server | None = None
-        self._next: Server | None = None  # built while the server is down
+        self._spares: list[_Built] = []  # replacement servers for offline faults
         self._variables: list[_Variable] = []
         self._by_node: dict[ua.NodeId, _Variable] = {}
         self._updater: asyncio.Task[None] | None = None
         self._stopped = False
-        self._building: asyncio.Task[Server] | None = None
+        self._building: asyncio.Task[_Built] | None = None
 
     # -- endpoint -----------------------------------------------------------------------------
 
@@ -434,7 +445,7 @@ class OpcUaDevice:
     def _application_uri(self) -> str:
         return self.cfg.security.application_uri or f"urn:ot-gateway:simulator:{self.id}"
 
-    async def _build(self) -> Server:
+    async def _build(self) -> _Built:
         """A new, not yet listening server with the whole address space."""
         cfg = self.cfg
         iserver = _InternalServer(self, _Users(cfg.users, cfg.allow_anonymous))
@@ -456,8 +467,7 @@ class OpcUaDevice:
             self.certificate_path = pair[0]
         self.namespace_index = await server.register_namespace(cfg.namespace_uri)
         await self._write_limits(server)
-        await self._add_variables(server)
-        return server
+        return _Built(server, await self._add_variables(server))
 
     async def _write_limits(self, server: Server) -> None:
         for key, node in _LIMIT_NODES.items():
@@ -466,7 +476,7 @@ class OpcUaDevice:
                 ua.Variant(limit, ua.VariantType.UInt32)
             )
 
-    async def _add_variables(self, server: Server) -> None:
+    async def _add_variables(self, server: Server) -> list[_Variable]:
         ns = self.namespace_index
         root = await server.nodes.objects.add_object(
             ua.NodeId(ua.String(self.id), ua.Int16(ns)), ua.QualifiedName(self.id, ns)
@@ -506,8 +516,7 @@ class OpcUaDevice:
                 low, high = var.eu_range
                 await node.add_property(ns, "EURange", ua.Range(low, high))
             variables.append(_Variable(var, node_id, vtype, fn))
-        self._variables = variables
-        self._by_node = {v.node_id: v for v in variables}
+        return variables
 
     # -- client writes ------------------------------------------------------------------------
 
@@ -569,8 +578,11 @@ class OpcUaDevice:
         Raises:
             OSError: The endpoint cannot be bound.
         """
-        server = await self._build()
-        await self._listen(server)
+        built = await self._build()
+        offline = sum(1 for f in self.cfg.faults if isinstance(f, OfflineFault))
+        for _ in range(offline):
+            self._spares.append(await self._build())
+        await self._listen(built)
         log.info(
             "device %s listening on %s (%d variables, policies %s)",
             self.id,
@@ -579,7 +591,10 @@ class OpcUaDevice:
             ",".join(self.cfg.security.policies),
         )
 
-    async def _listen(self, server: Server) -> None:
+    async def _listen(self, built: _Built) -> None:
+        server = built.server
+        # The port is known only now for a spare built before the first server listened.
+        server.set_endpoint(f"opc.tcp://{self.host}:{self.port}{self.cfg.path}")
         try:
             await server.start()
         except OSError:
@@ -590,8 +605,8 @@ class OpcUaDevice:
         if bserver is not None and bserver.port:
             self.port = int(bserver.port)
         self._server = server
-        for var in self._variables:
-            var.last = None
+        self._variables = built.variables
+        self._by_node = {v.node_id: v for v in built.variables}
         await self.update()
         self._updater = asyncio.get_running_loop().create_task(self._update_loop())
 
@@ -715,7 +730,7 @@ class OpcUaDevice:
         began = utc_now()
         if isinstance(fault, OfflineFault):
             await self._shutdown()
-            if self._building is None and not self._stopped:
+            if not self._spares and self._building is None and not self._stopped:
                 self._building = asyncio.get_running_loop().create_task(self._build())
         self.faults.active[index] = ActiveFault(fault, began, frozen_epoch=frozen_epoch)
         log.info("device %s: fault %s begins", self.id, fault.kind)
@@ -738,24 +753,32 @@ class OpcUaDevice:
         return active
 
     async def _restart(self) -> None:
-        building, self._building = self._building, None
-        server: Server | None = None
-        if building is not None:
-            try:
-                server = await building
-            except Exception:  # build it again below
-                log.exception("device %s: building the restarted server failed", self.id)
-        if server is None:
-            server = await self._build()
+        built: _Built | None = None
+        if self._spares:
+            built = self._spares.pop(0)
+        else:
+            building, self._building = self._building, None
+            if building is not None:
+                try:
+                    built = await building
+                except Exception:  # build it again below
+                    log.exception("device %s: building the restarted server failed", self.id)
+        if built is None:
+            built = await self._build()
         while not self._stopped:
             try:
-                await self._listen(server)
+                await self._listen(built)
             except OSError:
                 log.warning("device %s: port %d busy, retrying", self.id, self.port)
                 await asyncio.sleep(0.1)
-                server = await self._build()
+                built = await self._build()
                 continue
             self.stats.restarts += 1
+            repeating = any(
+                isinstance(f, OfflineFault) and f.every is not None for f in self.cfg.faults
+            )
+            if repeating and not self._spares and self._building is None:
+                self._building = asyncio.get_running_loop().create_task(self._build())
             return
 
     # -- stats --------------------------------------------------------------------------------
