@@ -227,6 +227,9 @@ class Runtime:
         self.store_stats: dict[str, int] = {}
         self._overflow_gaps: dict[str, Gap] = {}
         self._intervals = {p.key: p.expected_interval for p in self.spec.points}
+        self._rbe_keys = frozenset(
+            f"{s.id}/{a.id}/{p.id}" for s, a, p in cfg.iter_points() if cfg.report_by_exception(p)
+        )
         self.alarms: list[str] = []
         self.registry: CollectorRegistry = build_registry(self)
         self._queue: asyncio.Queue[list[Reading]] = asyncio.Queue()
@@ -677,7 +680,17 @@ class Runtime:
             verb = "link lost" if run.link_up else "cannot connect"
             log.warning("device %s: %s: %s", run.device_id, verb, error)
             self._on_event(f"device {run.device_id}: {verb}: {error}")
-            self._submit(self.pipeline.bad_for(run.point_keys, Q.BAD_NO_COMMUNICATION, now))
+            # Report-by-exception points (OPC UA subscriptions) lost their subscription with
+            # the session: their gap is `subscription_lost`; polled points' `device_offline`.
+            rbe = [k for k in run.point_keys if k in self._rbe_keys]
+            polled = [k for k in run.point_keys if k not in self._rbe_keys] if rbe else None
+            self._submit(
+                self.pipeline.bad_for(
+                    run.point_keys if polled is None else polled, Q.BAD_NO_COMMUNICATION, now
+                )
+            )
+            if rbe:
+                self._submit(self.pipeline.bad_for(rbe, Q.BAD_NO_SUBSCRIPTION, now))
         run.link_up = False
         run.last_error = error
         self.inventory.link_down(run.device_id, now, error)

@@ -16,6 +16,7 @@ _CODE_MASK = 0xFFFF0000
 """StatusCode bits 16-31 (severity, sub-code); bits 0-15 are info bits and flags."""
 
 _OFFLINE_CODES = frozenset({int(Q.BAD_NO_COMMUNICATION), int(Q.BAD_COMMUNICATION_ERROR)})
+_SUBSCRIPTION_CODES = frozenset({int(Q.BAD_NO_SUBSCRIPTION), int(Q.BAD_SUBSCRIPTION_ID_INVALID)})
 
 
 def cause_for_quality(code: Quality) -> GapCause:
@@ -27,6 +28,9 @@ def cause_for_quality(code: Quality) -> GapCause:
     Returns:
         `GapCause.TIMEOUT` for BadTimeout (0x800A0000); `GapCause.DEVICE_OFFLINE` for
         BadNoCommunication (0x80310000) and BadCommunicationError (0x80050000);
+        `GapCause.SUBSCRIPTION_LOST` for BadNoSubscription (0x80790000) and
+        BadSubscriptionIdInvalid (0x80280000) (OPC UA Part 4 §7.34: the runtime marks report-
+        by-exception points so when their session/subscription is lost);
         `GapCause.BAD_QUALITY` for any other code.
     """
     masked = code & _CODE_MASK
@@ -34,6 +38,8 @@ def cause_for_quality(code: Quality) -> GapCause:
         return GapCause.TIMEOUT
     if masked in _OFFLINE_CODES:
         return GapCause.DEVICE_OFFLINE
+    if masked in _SUBSCRIPTION_CODES:
+        return GapCause.SUBSCRIPTION_LOST
     return GapCause.BAD_QUALITY
 
 

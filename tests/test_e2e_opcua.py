@@ -140,7 +140,9 @@ def test_server_kill_and_restart_recreates_the_subscription_and_records_exact_ga
     assert sorted(by_point) == ["count", "count-polled", "run", "temp"]
     for point, found in by_point.items():
         (gap,) = found
-        assert gap["cause"] == "device_offline", gap  # the runtime's cause for a lost link
+        # Subscribed points lost their subscription; the polled one its device.
+        want = "device_offline" if gap["point"] == "count-polled" else "subscription_lost"
+        assert gap["cause"] == want, gap
         assert abs(_ts(gap["start"]) - killed_at) <= TOL, (point, gap, killed_at)
         assert abs(_ts(gap["end"]) - restarted_at) <= TOL, (point, gap, restarted_at)
         assert gap["samples_missed"] >= 1
@@ -182,7 +184,8 @@ def test_gaps_match_the_simulator_ground_truth_for_server_outages(tmp_path: Path
     for point, found in by_point.items():
         assert len(found) == len(windows), (point, found, windows)
         for gap, (t_start, t_end) in zip(found, windows, strict=True):
-            assert gap["cause"] == "device_offline", gap
+            want = "device_offline" if gap["point"] == "count-polled" else "subscription_lost"
+            assert gap["cause"] == want, gap
             assert abs(_ts(gap["start"]) - t_start) <= TOL, (point, gap, t_start)
             assert abs(_ts(gap["end"]) - t_end) <= TOL, (point, gap, t_end)
         for a, b in itertools.pairwise(found):
