@@ -13,6 +13,9 @@ measure over a window [t0, t0 + W):
   (row ids, AUTOINCREMENT), gateway CPU share, peak RSS (VmHWM);
 - latency from source time (the response's arrival) to commit, seen by polling the store file
   every 50 ms (`common.CommitWatcher`): p50 / p99;
+- start-up: seconds until the API is up, then until /readyz reports every device connected
+  (the window starts after that and a warm-up), and seconds the gateway took to stop on SIGTERM
+  (SIGKILL after 30 s);
 - poll jitter: per device, the differences between consecutive acquisition times of its first
   register minus the interval: p99 of |error| and the share of cycles within ±0.5 period
   (RELIABILITY §7.4 L1); overruns counted by the gateway (/metrics).
@@ -24,6 +27,7 @@ Prints a Markdown table (paste into docs/benchmarks.md).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import sys
 import tempfile
@@ -92,18 +96,53 @@ def gateway_config(ports: dict[str, Any], devices: int, registers: int, interval
     }
 
 
+class Simulator:
+    """``ot-gateway simulate`` serving D devices × R registers, reusable across gateway runs."""
+
+    def __init__(self, devices: int, registers: int) -> None:
+        self._tmp = tempfile.TemporaryDirectory(prefix="otgw-bench-sim-")
+        self.proc, self.ready = start_simulator(sim_profile(devices, registers), Path(self._tmp.name),
+                                                timeout=300)
+
+    def __enter__(self) -> Simulator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        stop(self.proc)
+        self._tmp.cleanup()
+
+
+def wait_connected(url: str, total: int, timeout: float) -> float:
+    """Seconds until /readyz reports every device's link up (``timeout`` if never)."""
+    import httpx
+
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        with contextlib.suppress(httpx.HTTPError, ValueError):
+            if httpx.get(url + "/readyz", timeout=5).json()["details"]["devices_up"] >= total:
+                return time.monotonic() - start
+        time.sleep(0.25)
+    return timeout
+
+
 def measure(devices: int, registers: int, interval: float, window: float, work: Path,
-            warmup: float = 5.0, profile_to: Path | None = None) -> dict[str, float]:
+            warmup: float = 5.0, profile_to: Path | None = None,
+            sim: Simulator | None = None) -> dict[str, float]:
     """One run of one workload; see the module docstring for the figures."""
-    sim, ready = start_simulator(sim_profile(devices, registers), work, timeout=300)
+    own = sim is None
+    simulator = sim if sim is not None else Simulator(devices, registers)
+    ready = simulator.ready
     gw = None
     try:
         data = work / "data"
+        t_start = time.monotonic()
         gw, url = start_gateway(gateway_config(ready["devices"], devices, registers, interval, data),
                                 work, timeout=300)
+        started_s = time.monotonic() - t_start
         watcher = CommitWatcher(data / "gateway.db", sample_every=max(1, devices * registers // 2000))
         watcher.start()
-        time.sleep(warmup)  # connects, first polls, page cache
+        connect_s = wait_connected(url, devices, 120)
+        time.sleep(warmup)  # first polls, page cache
         t0_ns = time.time_ns()
         watcher.since_ns = t0_ns
         watcher.until_ns = t0_ns + int(window * 1e9)
@@ -112,7 +151,7 @@ def measure(devices: int, registers: int, interval: float, window: float, work: 
         n0, c0, m0 = max_id(conn), cpu_seconds(gw.pid), time.monotonic()
         pid = gw.pid
         th0 = thread_cpu(pid)
-        s0 = cpu_seconds(sim.pid)
+        s0 = cpu_seconds(simulator.proc.pid)
         profiler = None
         if profile_to is not None:
             from profile_gateway import start_profile
@@ -120,14 +159,16 @@ def measure(devices: int, registers: int, interval: float, window: float, work: 
         time.sleep(window)
         n1, c1, m1 = max_id(conn), cpu_seconds(gw.pid), time.monotonic()
         th1 = thread_cpu(gw.pid)
-        s1 = cpu_seconds(sim.pid)
+        s1 = cpu_seconds(simulator.proc.pid)
         over1 = metric_sum(url, "otgw_overruns_total")
         rss = status_mb(gw.pid, "VmHWM")
         if profiler is not None:
             profiler.wait(60)
         time.sleep(min(3.0, 2 * interval + 1))  # let the window's last readings commit
         watcher.stop()
+        t_stop = time.monotonic()
         stop(gw)
+        stop_s = time.monotonic() - t_stop
         gw = None
         t1_ns = t0_ns + int(window * 1e9)
         spans = point_spans(conn, t0_ns, t1_ns)
@@ -157,17 +198,20 @@ def measure(devices: int, registers: int, interval: float, window: float, work: 
             "overruns": over1 - over0,
             "threads": threads_share(pid, th0, th1, m1 - m0),
             "sim_cpu": (s1 - s0) / (m1 - m0),
+            "start_s": started_s, "connect_s": connect_s, "stop_s": stop_s,
         }
     finally:
         stop(gw)
-        stop(sim)
+        if own:
+            simulator.__exit__()
 
 
 def run_workload(devices: int, registers: int, interval: float, window: float,
-                 warmup: float = 5.0, profile_to: Path | None = None) -> dict[str, float]:
-    """`measure` in a fresh temporary directory."""
+                 warmup: float = 5.0, profile_to: Path | None = None,
+                 sim: Simulator | None = None) -> dict[str, float]:
+    """`measure` in a fresh temporary directory (with `sim`, or a simulator of its own)."""
     with tempfile.TemporaryDirectory(prefix="otgw-bench-") as tmp:
-        return measure(devices, registers, interval, window, Path(tmp), warmup, profile_to)
+        return measure(devices, registers, interval, window, Path(tmp), warmup, profile_to, sim)
 
 
 HEADER = ["workload", "expected readings/s", "delivered", "readings/s", "CPU-s per 1,000",
@@ -202,9 +246,10 @@ def main() -> int:
         if args.only and args.only not in name:
             continue
         runs = []
-        for i in range(args.runs):
-            log(f"modbus {name}: run {i + 1}/{args.runs}")
-            runs.append(run_workload(devices, registers, interval, args.window))
+        with Simulator(devices, registers) as sim:
+            for i in range(args.runs):
+                log(f"modbus {name}: run {i + 1}/{args.runs}")
+                runs.append(run_workload(devices, registers, interval, args.window, sim=sim))
         rows.append(row(name, runs))
         print(table(HEADER, rows[-1:]) if len(rows) == 1 else "| " + " | ".join(rows[-1]) + " |",
               flush=True)
