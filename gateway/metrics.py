@@ -340,7 +340,8 @@ class CoverageCollector(Collector):
     """Coverage per site and asset over the last `window_s` seconds, for `/metrics`.
 
     `refresh` computes it like ``/api/v1/coverage`` (the store's count of usable readings, in
-    the store's reader thread, then `Inventory.coverage`). A refresh that cost ``c`` seconds
+    the store's reader thread, then `Inventory.coverage` in a worker thread: ≈ 0.1 s for both
+    groupings at 100k points). A refresh that cost ``c`` seconds
     (≥ `min_cost`) is reused for ``min(max_age, factor × c)`` seconds, so a large store is not
     counted on every scrape; a small one always is.
 
@@ -394,8 +395,13 @@ class CoverageCollector(Collector):
             now = source.now()
             window_start = now - timedelta(seconds=self.window_s)
             received = await source.usable_counts(window_start)
-            snapshot = coverage_snapshot(
-                source.inventory, received, now, window_start, source.monitored_since
+            snapshot = await asyncio.to_thread(  # O(points): off the event loop
+                coverage_snapshot,
+                source.inventory,
+                received,
+                now,
+                window_start,
+                source.monitored_since,
             )
             self._built = self._clock()
             self._cost = self._built - t0

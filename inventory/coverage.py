@@ -29,8 +29,11 @@ def expected_samples(interval: float, start: datetime, now: datetime) -> int:
     Returns:
         ``floor((now - start) / interval)``, at least 0 [count].
     """
+    return _expected(interval, (now - start) // _MICROSECOND)
+
+
+def _expected(interval: float, span_us: int) -> int:
     # Integer microseconds: exact for every interval that is a whole number of µs.
-    span_us = (now - start) // _MICROSECOND
     interval_us = round(interval * 1_000_000)
     if span_us <= 0 or interval_us <= 0:
         return 0
@@ -59,7 +62,8 @@ def coverage_rows(
 
     Per point: expected = ``floor(span / expected_interval)``; received = the point's count in
     `received` capped at expected (duplicates or faster-than-expected samples never push
-    coverage above 1). Groups sum their points' expected and received counts.
+    coverage above 1). Groups sum their points' expected and received counts. Cost O(points)
+    with the expected count computed once per distinct interval.
 
     Args:
         points: Configured points.
@@ -74,13 +78,28 @@ def coverage_rows(
         received / expected in [0, 1], 1.0 when nothing was expected.
     """
     start = max(window_start, monitored_since)
+    span_us = (now - start) // _MICROSECOND
+    by_interval: dict[float, int] = {}  # expected samples per distinct interval
     sums: dict[str, list[int]] = {}
     for spec in points:
-        expected = expected_samples(spec.expected_interval, start, now)
-        got = min(max(0, received.get(spec.key, 0)), expected)
-        acc = sums.setdefault(group_of(spec, group_by), [0, 0])
-        acc[0] += expected
-        acc[1] += got
+        interval = spec.expected_interval
+        expected = by_interval.get(interval)
+        if expected is None:
+            expected = by_interval[interval] = _expected(interval, span_us)
+        got = received.get(spec.key, 0)
+        got = 0 if got < 0 else min(got, expected)
+        if group_by == "site":
+            group = spec.site
+        elif group_by == "asset":
+            group = f"{spec.site}/{spec.asset}"
+        else:
+            group = spec.key
+        acc = sums.get(group)
+        if acc is None:
+            sums[group] = [expected, got]
+        else:
+            acc[0] += expected
+            acc[1] += got
     return [
         CoverageRow(
             group=group,

