@@ -715,8 +715,16 @@ CSV_COLUMNS = (
     "max",
     "poll_interval",
     "name",
+    "node_id",
+    "browse_path",
+    "mode",
+    "value_type",
 )
-_CSV_REQUIRED = ("site", "asset", "point", "device", "register", "address")
+"""Columns a point file may have: Modbus (``register``, ``address``...) and OPC UA
+(``node_id`` or ``browse_path``, ``mode``, ``value_type``) points may share one file."""
+_CSV_REQUIRED = ("site", "asset", "point", "device")
+_CSV_ADDRESS = (("register", "address"), ("node_id",), ("browse_path",))
+"""A file needs the columns of at least one way to address a point."""
 
 
 def _merge_csv(raw: dict[str, Any], base: Path, errors: list[str]) -> None:
@@ -739,6 +747,8 @@ def _merge_csv(raw: dict[str, Any], base: Path, errors: list[str]) -> None:
         header = reader.fieldnames or []
         unknown = [c for c in header if c not in CSV_COLUMNS]
         missing = [c for c in _CSV_REQUIRED if c not in header]
+        if not any(all(c in header for c in cols) for cols in _CSV_ADDRESS):
+            missing.append("register and address (Modbus), or node_id or browse_path (OPC UA)")
         if unknown or missing:
             if unknown:
                 errors.append(f"{fpath} ({name}): unknown column(s) {', '.join(unknown)}")
@@ -760,6 +770,15 @@ def _merge_csv(raw: dict[str, Any], base: Path, errors: list[str]) -> None:
             if asset is None:
                 errors.append(
                     f"{where}: asset: unknown asset {row['asset']!r} in site {row['site']!r}"
+                )
+                continue
+            addressed = [
+                cols for cols in _CSV_ADDRESS if all((row.get(c) or "").strip() for c in cols)
+            ]
+            if not addressed:
+                errors.append(
+                    f"{where}: point {row['point']!r}: needs register and address, "
+                    "or node_id or browse_path"
                 )
                 continue
             point: dict[str, Any] = {"id": row["point"]}

@@ -448,7 +448,7 @@ class Runtime:
     def unmapped(self) -> list[dict[str, object]]:
         """Sources that arrive but match no configured point, newest first.
 
-        MQTT topics (and later OPC UA nodes found by browsing), each with its device id added
+        MQTT topics and OPC UA variables found by discovery, each with its device id added
         under ``device``. The list restarts when a device reconnects (a new connector).
         """
         out: list[dict[str, object]] = []

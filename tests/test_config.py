@@ -118,3 +118,38 @@ def test_missing_file() -> None:
     assert proc.returncode == 2
     assert "cannot read" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_point_file_with_opcua_and_modbus_rows(tmp_path: Path) -> None:
+    """`ot-gateway browse --format csv` rows (node_id, value_type) load through point_files."""
+    (tmp_path / "points.csv").write_text(
+        "site,asset,point,device,register,address,type,node_id,value_type,unit,mode\n"
+        "north,line,temp,ua,,,,ns=2;s=Line.Temp,number,Cel,subscription\n"
+        "north,line,run,ua,,,,ns=2;s=Line.Run,bool,,poll\n"
+        "north,line,count,plc,holding,3,uint32,,,,\n",
+        encoding="utf-8",
+    )
+    (tmp_path / "plant.yaml").write_text(
+        "devices:\n"
+        "  - {id: plc, host: 127.0.0.1, port: 5020}\n"
+        "  - {id: ua, protocol: opcua, endpoint: 'opc.tcp://127.0.0.1:4840', insecure: true,\n"
+        "     security_policy: None}\n"
+        "sites: [{id: north, assets: [{id: line}]}]\n"
+        "point_files: [points.csv]\n",
+        encoding="utf-8",
+    )
+    cfg = load_config(tmp_path / "plant.yaml")
+    points = {p.id: p for _s, _a, p in cfg.iter_points()}
+    assert type(points["temp"]).__name__ == "OpcUaPointConfig"
+    assert points["temp"].unit == "Cel"
+    assert cfg.report_by_exception(points["temp"])
+    assert not cfg.report_by_exception(points["run"])
+    assert type(points["count"]).__name__ == "ModbusPointConfig"
+
+    (tmp_path / "points.csv").write_text(
+        "site,asset,point,device,node_id\nnorth,line,temp,ua,\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        load_config(tmp_path / "plant.yaml")
+    assert err.value.messages == [
+        "point_files[0] (points.csv) line 2: point 'temp': needs register and address, "
+        "or node_id or browse_path"]

@@ -190,7 +190,7 @@ def test_demo_mqtt_assets_gaps_unmapped_and_northbound(demo: DemoProcess) -> Non
 
     # -- topics nobody configured are listed ----------------------------------------------
     def unmapped() -> dict[str, Any] | None:
-        topics = {u["topic"]: u for u in get("/api/v1/unmapped")}
+        topics = {u.get("topic"): u for u in get("/api/v1/unmapped")}
         vib = [t for t in topics if t.startswith("spBv1.0/south/") and t.endswith("#vibration")]
         return topics if "plant/north/dryer-9" in topics and vib else None
 
