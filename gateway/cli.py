@@ -1,4 +1,4 @@
-"""The `ot-gateway` command: run, demo, check-config, plan, simulate, browse, certs.
+"""The `ot-gateway` command: run, demo, check-config, plan, simulate, browse, certs, fleet.
 
 Exit codes: 0 success, 1 runtime failure (e.g. a server that cannot be reached), 2 invalid
 configuration or usage. Invalid configuration prints one ``key.path: reason`` line per problem
@@ -113,8 +113,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     _setup_logging("error")
     return run_demo(
-        data_dir=Path(args.data_dir), port=args.port, duration=args.duration, fresh=args.fresh
+        data_dir=Path(args.data_dir),
+        port=args.port,
+        duration=args.duration,
+        fresh=args.fresh,
+        mqtt_port=args.mqtt_port,
     )
+
+
+def cmd_fleet(args: argparse.Namespace) -> int:
+    """Serve one view of many site gateways from their MQTT state (`gateway.fleet`)."""
+    from gateway.fleet.cli import run
+
+    return run(args)
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -525,7 +536,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default="./demo-data", help="where the demo keeps its files")
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     p.add_argument("--fresh", action="store_true", help="delete the demo's previous store first")
+    p.add_argument(
+        "--mqtt-port",
+        type=int,
+        default=1883,
+        help="demo broker port (default 1883; a free port when taken; 0 = any)",
+    )
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("fleet", help="one view of many site gateways (their MQTT state)")
+    from gateway.fleet.cli import add_arguments
+
+    add_arguments(p)
+    p.set_defaults(func=cmd_fleet)
 
     p = sub.add_parser("check-config", help="validate a config file and exit")
     p.add_argument("file")

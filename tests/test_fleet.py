@@ -86,7 +86,7 @@ class FleetProcess:
         self.log_path = workdir / "fleet.log"
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "gateway.fleet", "-c", str(workdir / "fleet.yaml"),
+                [sys.executable, "-m", "gateway", "fleet", "-c", str(workdir / "fleet.yaml"),
                  "--api-port", "0", "--ready-file", str(ready)],
                 stdout=log, stderr=subprocess.STDOUT, cwd=workdir)
         self.port = wait_for(lambda: ready.exists() and ready.read_text().strip() and

@@ -103,7 +103,7 @@ def test_empty_retained_payload_forgets_a_gateway() -> None:
 def test_fleet_cli_bad_config_names_key_paths(tmp_path: Path) -> None:
     cfg = tmp_path / "fleet.yaml"
     cfg.write_text("broker: {host: '', port: 70000}\napi: {port: 1}\nextra: 1\n")
-    out = subprocess.run([sys.executable, "-m", "gateway.fleet", "-c", str(cfg)],
+    out = subprocess.run([sys.executable, "-m", "gateway", "fleet", "-c", str(cfg)],
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 2
     assert "broker.host" in out.stderr
