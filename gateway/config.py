@@ -37,6 +37,8 @@ from connectors.opcua.config import AcquisitionMode, OpcUaAddress, OpcUaDeviceCo
 from gateway.sparkplug_config import SparkplugEdgeConfig
 
 _STRICT = ConfigDict(extra="forbid", frozen=True)
+_YAML_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+"""libyaml's safe loader when PyYAML has it (about 5x faster on large point lists)."""
 SLUG = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _SECRET_KEYS = frozenset({"token", "password", "secret"})
@@ -755,18 +757,21 @@ def _merge_csv(raw: dict[str, Any], base: Path, errors: list[str]) -> None:
             if missing:
                 errors.append(f"{fpath} ({name}): missing column(s) {', '.join(missing)}")
             continue
+        by_site: dict[object, dict[str, Any]] = {}
+        for s_raw in sites:
+            if isinstance(s_raw, dict):
+                by_site.setdefault(s_raw.get("id"), s_raw)
+        by_asset: dict[tuple[object, object], dict[str, Any]] = {}
+        for s_raw in by_site.values():
+            for a_raw in s_raw.setdefault("assets", []) or []:
+                if isinstance(a_raw, dict):
+                    by_asset.setdefault((s_raw.get("id"), a_raw.get("id")), a_raw)
         for row_no, row in enumerate(reader, start=2):
             where = f"{fpath} ({name}) line {row_no}"
-            site = next(
-                (s for s in sites if isinstance(s, dict) and s.get("id") == row["site"]), None
-            )
-            if site is None:
+            if row["site"] not in by_site:
                 errors.append(f"{where}: site: unknown site {row['site']!r}")
                 continue
-            assets = site.setdefault("assets", [])
-            asset = next(
-                (a for a in assets if isinstance(a, dict) and a.get("id") == row["asset"]), None
-            )
+            asset = by_asset.get((row["site"], row["asset"]))
             if asset is None:
                 errors.append(
                     f"{where}: asset: unknown asset {row['asset']!r} in site {row['site']!r}"
@@ -839,7 +844,11 @@ def parse_config(text: str, source: str = "<config>", base: Path | None = None) 
         ConfigError: With one ``key.path: reason`` line per problem.
     """
     try:
-        raw = yaml.safe_load(text)
+        try:
+            raw = yaml.load(text, Loader=_YAML_LOADER)  # noqa: S506 - a SafeLoader
+        except yaml.YAMLError:
+            # Error path: the pure-Python loader words the problem better than libyaml.
+            raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         pos = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"

@@ -23,6 +23,7 @@ lossless history use an ``influxdb`` sink. Commands arriving on the broker are n
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
@@ -116,7 +117,7 @@ class MqttNorthbound:
             Number of asset states handed to the publisher.
         """
         changed = 0
-        for view in self._inventory.assets(now):
+        for view in self._inventory.assets(now, with_points=False):
             key = (view.site, view.id)
             state = view.state.value
             signature = (state, tuple(sorted(view.points_by_state.items())), view.open_gaps)
@@ -187,7 +188,8 @@ class MqttNorthbound:
             "window_s": COVERAGE_WINDOW_S,
         }
         for group_by in ("site", "asset"):
-            rows = self._inventory.coverage(
+            rows = await asyncio.to_thread(
+                self._inventory.coverage,
                 received,
                 window_start=window_start,
                 now=now,

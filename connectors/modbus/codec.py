@@ -30,6 +30,7 @@ Source: Modbus Application Protocol Specification V1.1b3, §4.2 (data encoding),
 
 from __future__ import annotations
 
+import functools
 import math
 import struct
 from collections.abc import Callable, Sequence
@@ -69,6 +70,7 @@ def _flags(order: ByteOrder) -> tuple[bool, bool]:
     return order in (ByteOrder.CDAB, ByteOrder.DCBA), order in (ByteOrder.BADC, ByteOrder.DCBA)
 
 
+@functools.cache
 def _bit_decoder() -> Decoder:
     def decode_bit(words: Sequence[int], offset: int) -> tuple[Value, Quality]:
         return bool(words[offset]), _GOOD
@@ -76,6 +78,7 @@ def _bit_decoder() -> Decoder:
     return decode_bit
 
 
+@functools.cache
 def _register_bool_decoder(bit: int | None) -> Decoder:
     if bit is None:
 
@@ -98,6 +101,7 @@ def _register_bool_decoder(bit: int | None) -> Decoder:
     return decode_bit_of_register
 
 
+@functools.cache
 def _numeric_decoder(dtype: DataType, order: ByteOrder) -> Decoder:
     fmt, width = _NUMERIC[dtype]
     word_reversed, byte_swapped = _flags(order)
@@ -121,6 +125,7 @@ def _numeric_decoder(dtype: DataType, order: ByteOrder) -> Decoder:
     return decode_numeric
 
 
+@functools.cache
 def _string_decoder(length: int, order: ByteOrder) -> Decoder:
     _, byte_swapped = _flags(order)
     pack = struct.Struct(("<" if byte_swapped else ">") + "H" * length).pack
@@ -142,7 +147,7 @@ def _string_decoder(length: int, order: ByteOrder) -> Decoder:
 
 
 def make_decoder(addr: ModbusAddress) -> Decoder:
-    """Build the decoder of a point once, for the poll hot path.
+    """Build the decoder of a point once, for the poll hot path (shared by equal addresses).
 
     Args:
         addr: The point's address; its ``table``, ``type``, ``bit``, ``length`` and
