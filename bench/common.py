@@ -282,6 +282,7 @@ class CommitWatcher(threading.Thread):
         self.period = period
         self.sample_every = max(1, sample_every)
         self.latencies: list[float] = []
+        self.recent: list[tuple[float, float]] = []  # (monotonic, latency) of the last ~5 s
         self.since_ns = 0
         self.until_ns = 1 << 62
         self._halt = threading.Event()
@@ -300,7 +301,24 @@ class CommitWatcher(threading.Thread):
             now = time.time_ns()
             lo, hi = self.since_ns, self.until_ns
             self.latencies.extend((now - ts) / 1e9 for (ts,) in rows if lo <= ts < hi)
+            mono = time.monotonic()
+            self.recent = [x for x in self.recent if x[0] > mono - 5.0]
+            self.recent.extend((mono, (now - ts) / 1e9) for (ts,) in rows)
             self._last = top
+
+    def recent_p50(self, seconds: float = 1.0) -> float:
+        """Median latency of the rows seen in the last `seconds` (NaN when none)."""
+        cut = time.monotonic() - seconds
+        return pct([lat for mono, lat in list(self.recent) if mono > cut], 0.5)
+
+    def wait_settled(self, below: float = 0.25, timeout: float = 60.0) -> float:
+        """Wait until the median latency of the last 3 s is below `below` [s]; seconds waited."""
+        start = time.monotonic()
+        while time.monotonic() - start < timeout:
+            if time.monotonic() - start >= 3.0 and self.recent_p50(3.0) < below:
+                return time.monotonic() - start
+            time.sleep(0.5)
+        return timeout
 
     def stop(self) -> None:
         self._halt.set()

@@ -141,7 +141,8 @@ def details(results: dict[str, Any]) -> str:
                      f"overruns {mmm(_col(got, 'overruns'), '{:.0f}')}; "
                      f"simulator CPU {mmm(_col(got, 'sim_cpu', 100), '{:.0f}', ' %')}; "
                      f"API up {mmm(_col(got, 'start_s'), '{:.0f}', ' s')}, all devices "
-                     f"connected {mmm(_col(got, 'connect_s'), '{:.1f}', ' s')} later; "
+                     f"connected {mmm(_col(got, 'connect_s'), '{:.1f}', ' s')} later, settled "
+                     f"{mmm(_col(got, 'settle_s'), '{:.1f}', ' s')} after the 5 s warm-up; "
                      f"stop {mmm(_col(got, 'stop_s'), '{:.1f}', ' s')}")
         else:
             extra = (f"broker CPU {mmm(_col(got, 'broker_cpu', 100), '{:.0f}', ' %')}; "
