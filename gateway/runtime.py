@@ -71,6 +71,8 @@ PURGE_S = 2.0
 over a bound (an index seek and a few pragmas), so bounds hold within seconds."""
 STATS_S = 5.0
 """Period of refreshing the store size figures exposed on /metrics [s]."""
+STOP_FLUSH_TIMEOUT_S = 5.0
+"""Longest wait on a graceful stop for healthy sinks to take the rest of their outbox [s]."""
 
 
 @dataclass(slots=True)
@@ -350,9 +352,11 @@ class Runtime:
         await self.sparkplug.start()
 
     async def stop(self) -> None:
-        """Stop polling, commit what is queued, stop forwarding, record `last_alive`, close.
+        """Stop polling, commit what is queued, flush the sinks, record `last_alive`, close.
 
-        Unacknowledged readings stay in the store's outbox and are sent after the next start.
+        Every sink that is not degraded gets up to `STOP_FLUSH_TIMEOUT_S` to take the rest of
+        its outbox; whatever is still unacknowledged then stays in the store's outbox and is
+        sent after the next start.
         """
         self._stopping.set()
         device_tasks = [t for t in self._tasks if t.get_name().startswith("device:")]
@@ -364,6 +368,8 @@ class Runtime:
         others = [t for t in self._tasks if t not in device_tasks and t not in sink_tasks]
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.gather(*others, return_exceptions=True), 10)
+        # A clean stop forwards what was just committed to every reachable sink (bounded).
+        await asyncio.gather(*(fw.flush(STOP_FLUSH_TIMEOUT_S) for fw in self.forwarders))
         for t in others + sink_tasks:
             t.cancel()
         await asyncio.gather(*sink_tasks, return_exceptions=True)

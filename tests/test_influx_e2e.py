@@ -226,3 +226,25 @@ def test_sigkill_during_flushes_loses_no_committed_reading(tmp_path: Path,
     assert all(w > 0 for w in written_at_kill)
     # Replays after the kills show up as identical duplicates only (checked above).
     assert result["readings"] > 1000
+
+
+def test_graceful_stop_forwards_the_rest_of_the_outbox(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A clean stop (SIGTERM) hands a healthy sink every committed reading before exiting.
+
+    ``flush_interval`` is 60 s and ``batch_size`` larger than what is polled, so without the
+    stop-time flush the last partial batch would stay in the outbox until the next start.
+    """
+    monkeypatch.setenv("OTGW_E2E_TOKEN", "e2e-secret-token")
+    data = tmp_path / "data"
+    with VictoriaMetrics(tmp_path) as vm, start_simulator(_profile(), tmp_path) as sim:
+        cfg = _config(sim.ports["plc"], vm.url, data, batch_size=100_000, flush_interval=60)
+        gw = GatewayProcess(cfg, tmp_path)
+        gw.start()
+        try:
+            # The first partial batch goes at once; the next waits for the 60 s flush interval.
+            wait_for(lambda: _sink(gw)["backlog"] >= 600, timeout=60, what="600 readings queued")
+        finally:
+            assert gw.stop() == 0, gw.log()
+        result = _check_sink_equals_store(data / "gateway.db", vm)
+        assert result["readings"] >= 600

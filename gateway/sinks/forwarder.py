@@ -107,6 +107,7 @@ class Forwarder:
         self._last_take = -1e18
         self._alternate = False
         self._batch: OutboxBatch | None = None
+        self._flushing = False
 
     # ------------------------------------------------------------------ control
 
@@ -126,6 +127,29 @@ class Forwarder:
             if self._batch is not None:
                 self._store.outbox_release(self._batch)
                 self._batch = None
+
+    async def flush(self, within: float) -> bool:
+        """Send partial batches at once and wait until the outbox is empty (graceful stop).
+
+        Used by the runtime after the last readings were committed: a clean stop leaves nothing
+        behind for a reachable sink. A degraded sink is not waited for (its rows stay in the
+        outbox and go after the next start).
+
+        Args:
+            within: Longest wait [s, >= 0].
+
+        Returns:
+            True when the sink's backlog is 0 (nothing in flight), else False.
+        """
+        self._flushing = True
+        self._wake.set()
+        deadline = monotonic() + within
+        while self._store.sink_backlog(self.name) > 0:
+            if self.state == "degraded" or monotonic() >= deadline:
+                return False
+            self._wake.set()
+            await asyncio.sleep(0.02)
+        return True
 
     async def close(self) -> None:
         """Close the sink's connections."""
@@ -175,7 +199,7 @@ class Forwarder:
                 if store.sink_backlog(name) == 0:
                     await self._wake.wait()
                 continue
-            if backlog < size:
+            if backlog < size and not self._flushing:
                 remaining = self._last_take + self.flush_interval - monotonic()
                 if remaining > 0:
                     self._wake.clear()
