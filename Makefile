@@ -8,12 +8,12 @@ PKGS   := gateway connectors inventory simulator
 APT_PACKAGES := mbpoll victoria-metrics chromium mosquitto mosquitto-clients
 APT_BINARIES := mbpoll victoria-metrics chromium mosquitto mosquitto_sub
 
-.PHONY: demo test lint unit bench deps-system clean
+.PHONY: demo test lint audit lock unit bench deps-system clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -c requirements.lock -e '.[dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -33,6 +33,19 @@ deps-system:
 lint: $(STAMP)
 	$(VENV)/bin/ruff check $(PKGS) tests bench
 	$(VENV)/bin/mypy --strict $(PKGS)
+	$(VENV)/bin/bandit -q -r $(PKGS) --severity-level high
+
+# S14 supply chain: known vulnerabilities in the locked dependencies. Needs PyPI's per-release
+# JSON API or OSV (api.osv.dev); --strict fails when a package could not be checked, so an
+# unreachable advisory service is a failure, never a silent pass.
+audit: $(STAMP)
+	$(VENV)/bin/pip-audit --strict --no-deps --disable-pip -r requirements.lock
+	$(VENV)/bin/bandit -q -r $(PKGS) -ll
+
+# Re-pin every dependency (run after changing pyproject.toml, then commit requirements.lock).
+lock: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip freeze --exclude-editable | grep -v '^ot-gateway' > requirements.lock
 
 NODE_OPCUA := tests/interop/node-opcua/node_modules/.installed
 
