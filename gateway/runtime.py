@@ -72,6 +72,13 @@ over a bound (an index seek and a few pragmas), so bounds hold within seconds.""
 STATS_S = 5.0
 """Period of refreshing the store size figures exposed on /metrics [s]."""
 STOP_FLUSH_TIMEOUT_S = 5.0
+# Closing one sink's HTTP session at stop [s]; beyond, it is abandoned (the process is exiting).
+STOP_CLOSE_TIMEOUT_S = 2.0
+# Re-cancel tasks that survive a cancel for this long [s] (Python 3.11's `asyncio.wait_for`
+# can swallow a cancellation that races with its inner future; libraries use it in connect and
+# read paths), at most STOP_CANCEL_ROUNDS times, then leave them and go on stopping.
+STOP_CANCEL_WAIT_S = 1.0
+STOP_CANCEL_ROUNDS = 5
 """Longest wait on a graceful stop for healthy sinks to take the rest of their outbox [s]."""
 
 
@@ -359,35 +366,49 @@ class Runtime:
         sent after the next start.
         """
         self._stopping.set()
+        phases: list[str] = []
+        mark = monotonic()
+
+        def phase(name: str) -> None:
+            nonlocal mark
+            now = monotonic()
+            phases.append(f"{name} {now - mark:.2f} s")
+            mark = now
+
         device_tasks = [t for t in self._tasks if t.get_name().startswith("device:")]
         sink_tasks = [t for t in self._tasks if t.get_name().startswith("sink:")]
-        for t in device_tasks:
-            t.cancel()
-        await asyncio.gather(*device_tasks, return_exceptions=True)
+        await cancel_and_wait(device_tasks, "device")
+        phase("devices")
         await self._queue.put([])  # wake the writer so it drains and exits
         others = [t for t in self._tasks if t not in device_tasks and t not in sink_tasks]
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.gather(*others, return_exceptions=True), 10)
+        phase("writer")
         # A clean stop forwards what was just committed to every reachable sink (bounded).
         await asyncio.gather(*(fw.flush(STOP_FLUSH_TIMEOUT_S) for fw in self.forwarders))
-        for t in others + sink_tasks:
-            t.cancel()
-        await asyncio.gather(*sink_tasks, return_exceptions=True)
+        phase("flush")
+        await cancel_and_wait(others + sink_tasks, "task")
         for fw in self.forwarders:
             try:
-                await fw.close()
+                await asyncio.wait_for(fw.close(), STOP_CLOSE_TIMEOUT_S)
             except Exception:  # closing a session must not block the store's close
                 log.exception("sink %s: close failed", fw.name)
         self._tasks.clear()
+        phase("sinks")
         if self.northbound is not None:
             self.remove_listener(self.northbound.listener)
             await self.northbound.stop()
         if self.sparkplug is not None:
             self.remove_listener(self.sparkplug.listener)
             await self.sparkplug.stop()  # NDEATH, then DISCONNECT
+        phase("publishers")
         if self.store is not None:
             await self.store.set_meta("last_alive", to_rfc3339(utc_now()) or "")
             await self.store.close()
+        phase("store")
+        took = sum(float(p.split()[-2]) for p in phases)
+        log.log(logging.WARNING if took > 10 else logging.INFO, "stopped in %.1f s (%s)", took,
+                ", ".join(phases))
 
     # -- listeners -----------------------------------------------------------------------
 
@@ -715,6 +736,38 @@ class Runtime:
     def request_stop(self) -> None:
         """Ask `run_forever` to stop (signal-handler safe)."""
         self._stopping.set()
+
+
+async def cancel_and_wait(tasks: Sequence[asyncio.Task[object]], kind: str) -> list[str]:
+    """Cancel `tasks` and wait until they end, re-cancelling any that ignore a cancellation.
+
+    A task that swallowed its cancellation (Python 3.11 `asyncio.wait_for` race,
+    bpo-42130 / gh-86296) is cancelled again every `STOP_CANCEL_WAIT_S`, at most
+    `STOP_CANCEL_ROUNDS` times; a stop is therefore bounded by about 5 s per call.
+
+    Args:
+        tasks: Tasks to end (finished ones are fine).
+        kind: Word for the log ("device", "task").
+
+    Returns:
+        Names of the tasks still running afterwards (logged as a warning), usually empty.
+    """
+    pending: set[asyncio.Task[object]] = {t for t in tasks if not t.done()}
+    rounds = 0
+    while pending and rounds < STOP_CANCEL_ROUNDS:
+        rounds += 1
+        for t in pending:
+            t.cancel()
+        _, pending = await asyncio.wait(pending, timeout=STOP_CANCEL_WAIT_S)
+        if pending:
+            log.warning(
+                "stop: %d %s task(s) still running after cancel round %d: %s",
+                len(pending), kind, rounds, ", ".join(sorted(t.get_name() for t in pending)[:5]),
+            )
+    for t in tasks:  # retrieve results so asyncio does not log "exception never retrieved"
+        if t.done() and not t.cancelled():
+            t.exception()
+    return sorted(t.get_name() for t in pending)
 
 
 async def serve(
