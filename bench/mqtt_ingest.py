@@ -86,8 +86,17 @@ def _connect_packet(client_id: str) -> bytes:
     return b"\x10" + _varint(len(body)) + body
 
 
-def publish(port: int, rate: float, duration: float, stats_path: Path) -> int:
-    """Publish QoS 0 JSON messages at `rate` for `duration` s; write per-second counts."""
+QOS1_WINDOW = 10_000
+"""QoS 1 publisher: PUBLISH frames sent and not yet acknowledged (PUBACK) at most [count]."""
+
+
+def publish(port: int, rate: float, duration: float, stats_path: Path, qos: int = 0) -> int:
+    """Publish JSON messages at `rate` for `duration` s; write per-second counts.
+
+    QoS 1 (``qos=1``): packet ids cycle through 1..65535 and at most `QOS1_WINDOW` messages
+    are unacknowledged (the publisher waits for PUBACKs beyond); every message is
+    acknowledged by the broker before the stats are written (``acked``).
+    """
     sock = socket.create_connection(("127.0.0.1", port))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.sendall(_connect_packet(f"bench-pub-{os.getpid()}"))
@@ -109,6 +118,24 @@ def publish(port: int, rate: float, duration: float, stats_path: Path) -> int:
     signal.signal(signal.SIGTERM, on_term)
     start = time.monotonic()
     sent = 0
+    ack_bytes = 0  # QoS 1: PUBACK bytes read (4 per PUBACK; nothing else comes back)
+
+    def read_acks(wait: float) -> None:
+        """Count the PUBACK bytes available; wait up to `wait` s for the first ones."""
+        nonlocal ack_bytes
+        sock.settimeout(wait)
+        try:
+            while True:
+                data = sock.recv(65536)
+                if not data:
+                    raise SystemExit("broker closed the connection")
+                ack_bytes += len(data)
+                sock.settimeout(0.0)
+        except (BlockingIOError, TimeoutError):
+            pass
+        finally:
+            sock.settimeout(None)
+
     while not stopping:
         now = time.monotonic()
         elapsed = now - start
@@ -119,19 +146,36 @@ def publish(port: int, rate: float, duration: float, stats_path: Path) -> int:
             ms = time.time_ns() // 1_000_000
             ts = str(ms)
             frames = []
+            if qos:
+                due = min(due, ack_bytes // 4 + QOS1_WINDOW)
+                while due <= sent:  # the window is full: wait for PUBACKs (bounded)
+                    if stopping or time.monotonic() - start > duration + 30:
+                        raise SystemExit("no PUBACK from the broker")
+                    read_acks(1.0)
+                    due = min(int(rate * (time.monotonic() - start)), ack_bytes // 4 + QOS1_WINDOW)
             for seq in range(sent, due):
                 head = heads[seq % n_topics]
+                if qos:
+                    head += (seq % 65535 + 1).to_bytes(2, "big")
                 payload = f'{{"seq":{seq},"ts":{ts},"v":{seq * 0.5},"q":"ok"}}'.encode()
                 size = len(head) + len(payload)
-                frames.append(b"\x30" + (bytes((size,)) if size < 128 else _varint(size)) + head + payload)
+                frames.append((b"\x32" if qos else b"\x30")
+                              + (bytes((size,)) if size < 128 else _varint(size)) + head + payload)
             sock.sendall(b"".join(frames))
+            if qos:
+                read_acks(0.0)
             per_second[ms // 1000] = per_second.get(ms // 1000, 0) + due - sent
             sent = due
         time.sleep(max(0.0, BURST_S - (time.monotonic() - now)))
+    seconds = time.monotonic() - start
+    if qos:
+        ack_deadline = time.monotonic() + 30
+        while ack_bytes // 4 < sent and time.monotonic() < ack_deadline:
+            read_acks(1.0)
     sock.sendall(b"\xe0\x00")  # DISCONNECT
     sock.close()
     stats_path.write_text(json.dumps({"sent": sent, "per_second": per_second,
-                                      "seconds": time.monotonic() - start}))
+                                      "seconds": seconds, "acked": ack_bytes // 4 if qos else None}))
     return 0
 
 
@@ -383,9 +427,10 @@ def main() -> int:
     parser.add_argument("--stats", type=Path)
     parser.add_argument("--client", choices=["paho", "aiomqtt"])
     parser.add_argument("--counts", type=Path)
+    parser.add_argument("--qos", type=int, choices=[0, 1], default=0, help="publish: QoS")
     args = parser.parse_args()
     if args.command == "publish":
-        return publish(args.port, args.rate, args.duration, args.stats)
+        return publish(args.port, args.rate, args.duration, args.stats, args.qos)
     if args.command == "subscribe":
         return subscribe(args.client, args.port, args.counts)
     if args.floor:

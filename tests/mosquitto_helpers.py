@@ -71,6 +71,9 @@ class Mosquitto:
         workdir: Directory for the config, log and persistence files.
         port: TCP port; default a free one (kept across restarts).
         max_queued_messages: Per-client queue limit; 0 = unlimited (tests that count set 0).
+        max_inflight_messages: QoS 1/2 messages sent to a client and not yet acknowledged;
+            0 = no broker limit. mosquitto 2.0 caps it further by an MQTT 5 client's Receive
+            Maximum only while this is not 0 (with 0, every PUBACK lets the whole queue out).
         persistence: Keep sessions and queued messages on disk across restarts.
         tls: Serve TLS with these files instead of plaintext.
         require_certificate: With TLS, require a client certificate signed by ``tls.ca``.
@@ -85,6 +88,7 @@ class Mosquitto:
         *,
         port: int | None = None,
         max_queued_messages: int = 0,
+        max_inflight_messages: int = 0,
         persistence: bool = False,
         tls: TlsFiles | None = None,
         require_certificate: bool = False,
@@ -107,7 +111,7 @@ class Mosquitto:
             f"listener {self.port} 127.0.0.1",
             f"allow_anonymous {'false' if password_file else 'true'}",
             f"max_queued_messages {max_queued_messages}",
-            "max_inflight_messages 0",
+            f"max_inflight_messages {max_inflight_messages}",
             f"persistence {'true' if persistence else 'false'}",
             f"persistence_location {data}/",
             "autosave_interval 1",

@@ -340,6 +340,50 @@ async def test_manual_ack_redelivers_uncommitted_messages(broker: Mosquitto) -> 
     assert [s.value for s in fresh] == [99]  # the acknowledged ones did not come back
 
 
+async def test_inbox_bound_drops_and_counts_exactly_b6(broker: Mosquitto) -> None:
+    """A full inbox drops new messages and counts them: received = decoded + dropped."""
+    mappings = [{"topic": "plant/{site}/{asset}/{point}", "decoder": "plain", "qos": 0}]
+    conn = MqttConnector(device(broker.port, mappings=mappings, inbox_max=10), POINTS)
+    async with conn:
+        # nobody takes batches yet: the reader fills the inbox up to its bound
+        await publish(broker.port, [("plant/north/pump-1/flow", str(i).encode())
+                                    for i in range(50)], qos=0)
+        await wait_until(lambda: conn.stats.errors["inbox_overflow"] >= 40)
+        got = await collect(conn.samples(), lambda s: len(s) >= 10)
+    assert [s.value for s in got] == list(range(10))  # the first ten, in order
+    assert conn.stats.errors["inbox_overflow"] == 40
+    assert conn.stats.requests == 50 == len(got) + conn.stats.errors["inbox_overflow"]
+
+
+async def test_manual_ack_window_bounds_unacknowledged_messages_b6(broker: Mosquitto) -> None:
+    """``ack: commit``: at most ``receive_maximum`` (+1) messages wait for acknowledgement.
+
+    mosquitto 2.0.11 honours the Receive Maximum only until the first PUBACK (then it lets a
+    window more out per PUBACK); the connector stops reading until its acknowledgements bring
+    the count back, so the bound holds anyway, and every message arrives exactly once.
+    """
+    window = 5
+    mappings = [{"topic": "plant/{site}/{asset}/{point}", "decoder": "plain", "qos": 1}]
+    dev = device(broker.port, mappings=mappings, receive_maximum=window, clean_start=True)
+    conn = MqttConnector(dev, POINTS, ack="commit")
+    values: list[object] = []
+    most = 0
+    async with conn:
+        await publish(broker.port, [("plant/north/pump-1/flow", str(i).encode())
+                                    for i in range(60)])
+        samples = conn.samples()
+        deadline = time.monotonic() + DEADLINE
+        while len(values) < 60:
+            left = deadline - time.monotonic()
+            assert left > 0, f"only {len(values)} of 60"
+            batch = await asyncio.wait_for(samples.__anext__(), left)
+            values += [s.value for s in batch]
+            most = max(most, len(batch))  # everything yielded since the last acknowledgement
+            conn.acknowledge(conn.batches)
+    assert values == list(range(60))
+    assert most <= window + 1
+
+
 async def test_oversized_payloads_b5(broker: Mosquitto) -> None:
     dev = device(broker.port, mappings=MAPPINGS, max_payload_bytes=1000)
     conn = MqttConnector(dev, POINTS)

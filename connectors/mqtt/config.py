@@ -431,6 +431,20 @@ class MqttDeviceConfig(BaseModel):
         rebirth: Sparkplug: send ``Node Control/Rebirth`` NCMDs (a write to the edge node).
         max_unmapped: Distinct unmapped topics remembered [0..100000]; more are only counted.
         connect_timeout: Seconds to wait for CONNACK/SUBACK [0.1..120].
+        inbox_max: Messages held between the socket and the store writer [messages]
+            [1..10000000]. A message arriving while this many wait is dropped and counted
+            (``stats.errors["inbox_overflow"]``, ``otgw_protocol_errors_total{kind=
+            "inbox_overflow"}``); it still counts as received (``stats.requests``), so
+            received = decoded + dropped exactly (RELIABILITY B6). The bound holds QoS 0 and,
+            with ``ack: receipt``, QoS 1 (acknowledged on receipt, so a dropped one is lost).
+            QoS 1 under ``ack: commit`` is never dropped here: ``receive_maximum`` bounds it.
+            Memory: a few hundred bytes per small message.
+        receive_maximum: QoS 1 messages the gateway takes before acknowledging [messages]
+            [1..65535]; sent as the MQTT 5 Receive Maximum in CONNECT. With ``ack: commit`` it
+            is the QoS 1 backpressure window (PUBACK after the commit), bounding memory and
+            throughput (≈ one window per commit round trip). Enforced by the gateway too: with
+            more unacknowledged (a broker ignoring the property, or 3.1.1, which has none) it
+            stops reading the socket until commits catch up (``receive_window_full``).
     """
 
     model_config = _STRICT
@@ -480,6 +494,18 @@ class MqttDeviceConfig(BaseModel):
     )
     connect_timeout: float = Field(
         default=10.0, ge=0.1, le=120, description="CONNACK/SUBACK timeout [s]"
+    )
+    inbox_max: int = Field(
+        default=100_000,
+        ge=1,
+        le=10_000_000,
+        description="Received messages held before the store writer; more are dropped [count]",
+    )
+    receive_maximum: int = Field(
+        default=1000,
+        ge=1,
+        le=65535,
+        description="MQTT 5: unacknowledged QoS 1 messages the broker may send [count]",
     )
 
     @model_validator(mode="after")

@@ -54,9 +54,26 @@ store (aiomqtt 2.5 exposes no manual acknowledgement; it arrives in aiomqtt 3). 
   disconnect loses nothing already received: the burst is yielded before `LinkLost`.
 * ``ack: commit`` (opt-in) switches paho to manual acknowledgement: PUBACKs are sent only by
   `MqttConnector.acknowledge` for batches the caller has committed (M2); unacknowledged
-  messages are redelivered by the broker after a reconnect. The broker's in-flight window
-  (mosquitto ``max_inflight_messages``, default 20) then bounds QoS 1 delivery: a caller
-  that never acknowledges stalls QoS 1 input.
+  messages are redelivered by the broker after a reconnect. The in-flight window then bounds
+  QoS 1 delivery (backpressure, B6): the connector announces ``receive_maximum`` (MQTT 5
+  Receive Maximum, default 1000) and enforces it itself: when more QoS 1 messages than that
+  are unacknowledged (a broker that ignores the property: mosquitto 2.0.11 lets up to a window
+  more out per PUBACK), it stops reading the socket (`_pause`, counted
+  ``receive_window_full``) until acknowledgements bring the count back, so the rest waits in
+  TCP and broker buffers. With 3.1.1 the broker's own limit applies too (mosquitto
+  ``max_inflight_messages``). A caller that never acknowledges stalls input; paused longer
+  than the keepalive, the link is dropped and the broker redelivers after the reconnect.
+
+Flood (RELIABILITY B6). Received messages wait in one inbox list until `samples` takes them
+(at least every `BATCH_INTERVAL_S`); the inbox holds at most ``inbox_max`` messages (config,
+default 100,000). A message arriving when it is full is dropped and counted twice: as
+received (``stats.requests``) and as ``stats.errors["inbox_overflow"]``, exported as
+``otgw_requests_total`` and ``otgw_protocol_errors_total{kind="inbox_overflow"}``. So
+``received = decoded + dropped`` holds exactly, and with one reading per message (and no
+rejection) ``received = stored + dropped``. QoS 1 under ``ack: commit`` is never dropped:
+the window bounds it (memory ≤ ``inbox_max`` + ``receive_maximum`` + 1 messages). Beyond the
+connector the runtime's ingest queue is not bounded; at 20k msg/s the writer keeps up
+(tests/test_mqtt_flood.py).
 
 Link supervision: paho sends PINGREQ after ``keepalive`` seconds without traffic and closes
 the link when no PINGRESP arrives within another ``keepalive``. The connector additionally
@@ -122,9 +139,6 @@ from gateway.quality import Q
 SLUG = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 SAMPLE_BYTES = 256
 """Bytes of payload kept as the sample of an unmapped topic."""
-MAX_INBOX = 200_000
-"""Messages buffered between paho and the consumer; beyond, new ones are dropped and counted
-(``inbox_overflow``). Bounds memory under a QoS 0 flood (B6)."""
 MAX_ROUTE_CACHE = 100_000
 """Distinct topics whose routing is cached; the cache is cleared when full."""
 MAX_PACKET_OVERHEAD = 65_600
@@ -134,7 +148,7 @@ BATCH_INTERVAL_S = 0.01
 commit``): messages arriving meanwhile join the next batch, so a steady stream costs one
 batch (pipeline, commit, inventory update) per 10 ms instead of one per TCP segment."""
 BATCH_MAX = 5_000
-"""Messages waiting that end the `BATCH_INTERVAL_S` wait early [count]."""
+"""Messages waiting that end the `BATCH_INTERVAL_S` wait early [count] (so does a full inbox)."""
 RECV_BYTES = 262_144
 """Bytes read from the socket per readable event (≈ 2,500 small messages) [bytes]; a frame
 larger than this is accumulated by paho."""
@@ -256,8 +270,10 @@ class MqttConnector:
 
     Attributes:
         device_id: The device id.
-        stats: ``polls`` = bursts yielded, ``requests`` = messages received, ``errors`` =
-            rejections and events by reason.
+        stats: ``polls`` = bursts yielded, ``requests`` = messages received (counted when
+            decoded, or when dropped by a full inbox), ``errors`` = rejections and events by
+            reason (``inbox_overflow`` = messages dropped by a full inbox,
+            ``receive_window_full`` = reading paused by the QoS 1 window).
         batches: Number of the last batch yielded (1-based), for `acknowledge`.
     """
 
@@ -296,6 +312,7 @@ class MqttConnector:
         self._client: aiomqtt.Client | None = None
         self._paho: paho.Client | None = None
         self._inbox: list[_Msg] = []
+        self._inbox_max = device.inbox_max
         self._v5 = device.mqtt_version == "5"
         self._rbuf = b""  # bytes read from the socket, not yet parsed from ``_rpos`` on
         self._rpos = 0
@@ -305,6 +322,10 @@ class MqttConnector:
         self._disconnected: asyncio.Future[None] | None = None
         self._unacked: deque[tuple[int, list[int]]] = deque()
         self._pending_mids: list[int] = []
+        self._window = device.receive_maximum
+        self._inflight = 0  # QoS 1 messages kept under ``ack: commit``, not yet acknowledged
+        self._paused = False  # reading stopped: the broker overran the window
+        self._reader_fd: int | None = None
         self._last_in = 0.0
         self._max_future = timedelta(seconds=device.max_future_skew)
 
@@ -453,6 +474,7 @@ class MqttConnector:
             properties.MaximumPacketSize = min(
                 device.max_payload_bytes + MAX_PACKET_OVERHEAD, 268_435_455
             )
+            properties.ReceiveMaximum = device.receive_maximum
         password = device.password.get_secret_value() if device.password is not None else None
         client = aiomqtt.Client(
             device.host,
@@ -487,6 +509,9 @@ class MqttConnector:
         device = self._device
         client = self._make_client()
         self._inbox = []
+        self._unacked.clear()
+        self._pending_mids = []
+        self._inflight, self._paused, self._reader_fd = 0, False, None
         self._rbuf, self._rpos, self._rx_error = b"", 0, None
         self._last_in = self._last_rx = self._clock.monotonic()
         try:
@@ -547,7 +572,31 @@ class MqttConnector:
         sock = inner.socket() if inner is not None else None
         if sock is None:
             return
-        asyncio.get_running_loop().add_reader(sock.fileno(), self._on_readable)
+        self._reader_fd = sock.fileno()
+        asyncio.get_running_loop().add_reader(self._reader_fd, self._on_readable)
+
+    def _pause(self) -> None:
+        """Stop reading the socket: more QoS 1 messages than the window are unacknowledged.
+
+        A broker that honours the Receive Maximum never gets here; mosquitto 2.0.11 does not
+        (each PUBACK lets up to a window more out). Unread bytes stay in the kernel's and the
+        broker's buffers (TCP backpressure) until `acknowledge` brings the count back.
+        """
+        if self._paused or self._reader_fd is None:
+            return
+        self._paused = True
+        self.stats.errors["receive_window_full"] += 1
+        with contextlib.suppress(Exception):
+            asyncio.get_running_loop().remove_reader(self._reader_fd)
+
+    def _resume(self) -> None:
+        """Read again, starting with the bytes `_parse` left in the buffer when it paused."""
+        self._paused = False
+        if self._reader_fd is None or self._client is None:
+            return
+        loop = asyncio.get_running_loop()
+        loop.add_reader(self._reader_fd, self._on_readable)
+        loop.call_soon(self._on_readable)
 
     def _buffered_recv(self, bufsize: int) -> bytes:
         """Serve paho's ``_sock_recv`` from the buffer while `_on_readable` reads the socket.
@@ -637,8 +686,9 @@ class MqttConnector:
         end = len(buf)
         pos = 0
         inbox = self._inbox
+        inbox_max = self._inbox_max
         v5 = self._v5
-        while pos < end and inner._sock is not None:
+        while pos < end and inner._sock is not None and not self._paused:
             if inner._in_packet["command"]:  # paho is inside a frame: let it continue
                 self._rpos = pos
                 inner.loop_read()
@@ -668,8 +718,8 @@ class MqttConnector:
                 msg = self._publish_qos0(buf, first, i, frame_end, v5)
                 if msg is not None:
                     pos = frame_end
-                    if len(inbox) >= MAX_INBOX:
-                        self.stats.errors["inbox_overflow"] += 1
+                    if len(inbox) >= inbox_max:
+                        self._overflow()
                     else:
                         inbox.append(msg)
                     continue
@@ -708,12 +758,27 @@ class MqttConnector:
             topic = None
         return (topic, buf[p:end], 0, bool(first & 1), 0)
 
+    def _overflow(self) -> None:
+        """Count a message dropped because the inbox is full: received, and dropped (B6)."""
+        self.stats.requests += 1
+        self.stats.errors["inbox_overflow"] += 1
+
     def _on_message(self, _client: paho.Client, _userdata: Any, message: paho.MQTTMessage) -> None:  # noqa: ANN401
+        """Callback of paho for every frame `_parse` leaves to it (QoS 1, topic aliases...).
+
+        A QoS 1 message under ``ack: commit`` is always kept: at most ``receive_maximum`` + 1
+        of them wait for their acknowledgement (beyond the window, reading pauses; see
+        `_pause`). Any other message is dropped and counted when the inbox holds
+        ``inbox_max``.
+        """
         inbox = self._inbox
-        if len(inbox) >= MAX_INBOX:
-            self.stats.errors["inbox_overflow"] += 1
-            if self._manual_ack and message.qos == 1 and self._paho is not None:
-                self._paho.ack(message.mid, 1)  # dropped: do not stall the session
+        owed = self._manual_ack and message.qos == 1  # acknowledged after the commit
+        if owed:
+            self._inflight += 1
+            if self._inflight > self._window:
+                self._pause()
+        elif len(inbox) >= self._inbox_max:
+            self._overflow()
             return
         try:
             topic: str | None = message.topic
@@ -745,6 +810,9 @@ class MqttConnector:
             for mid in mids:
                 inner.ack(mid, 1)
                 sent += 1
+        self._inflight = max(0, self._inflight - sent)
+        if self._paused and self._inflight <= self._window:
+            self._resume()
         return sent
 
     async def samples(self) -> AsyncIterator[list[Sample]]:
@@ -767,6 +835,7 @@ class MqttConnector:
         monotonic = self._clock.monotonic
         silence = 1.5 * self._device.keepalive
         sessions = self._sessions
+        batch_max = min(BATCH_MAX, self._inbox_max)
         last_yield = 0.0
         while True:
             if not self._inbox and not disconnected.done():
@@ -782,7 +851,7 @@ class MqttConnector:
                     )
                 finally:
                     self._waiter = None
-            if self._inbox and not self._manual_ack and len(self._inbox) < BATCH_MAX:
+            if self._inbox and not self._manual_ack and len(self._inbox) < batch_max:
                 delay = last_yield + BATCH_INTERVAL_S - monotonic()
                 if delay > 0:  # let a stream of small bursts gather into one batch
                     await asyncio.sleep(delay)
