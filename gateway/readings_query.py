@@ -38,13 +38,15 @@ import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from functools import partial
-from typing import Any, Literal, Protocol, TypeVar
-
-import pyarrow as pa  # type: ignore[import-untyped]
-import pyarrow.parquet as pq  # type: ignore[import-untyped]
+from functools import cache, partial
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 from gateway.quality import quality_name, severity
+
+if TYPE_CHECKING:
+    # pyarrow (with numpy, ≈ 40 MB resident) is imported on the first Parquet export only.
+    import pyarrow as pa  # type: ignore[import-untyped]
+    import pyarrow.parquet as pq  # type: ignore[import-untyped]
 
 __all__ = [
     "BUCKET_COLUMNS",
@@ -562,37 +564,54 @@ class CsvEncoder(Encoder):
         return self._lines([record(r) for r in rows])
 
 
-_TS = pa.timestamp("ns", tz="UTC")
-RAW_SCHEMA = pa.schema(
-    [
-        pa.field("time", _TS, nullable=False),
-        pa.field("site", pa.string(), nullable=False),
-        pa.field("asset", pa.string(), nullable=False),
-        pa.field("point", pa.string(), nullable=False),
-        pa.field("value", pa.float64()),
-        pa.field("state", pa.bool_()),
-        pa.field("text", pa.string()),
-        pa.field("unit", pa.string()),
-        pa.field("quality", pa.uint32(), nullable=False),
-        pa.field("quality_name", pa.string(), nullable=False),
-        pa.field("severity", pa.string(), nullable=False),
-        pa.field("gateway_time", _TS, nullable=False),
-        pa.field("source", pa.string(), nullable=False),
-    ]
-)
-"""Arrow/Parquet schema of raw readings."""
-BUCKET_SCHEMA = pa.schema(
-    [
-        pa.field("time", _TS, nullable=False),
-        pa.field("site", pa.string(), nullable=False),
-        pa.field("asset", pa.string(), nullable=False),
-        pa.field("point", pa.string(), nullable=False),
-        pa.field("unit", pa.string()),
-        pa.field("value", pa.float64()),
-        pa.field("count", pa.int64(), nullable=False),
-    ]
-)
-"""Arrow/Parquet schema of bucketed aggregates."""
+@cache
+def _schemas() -> tuple[pa.Schema, pa.Schema]:
+    """The Arrow/Parquet schemas (raw, bucketed); imports pyarrow on the first call."""
+    import pyarrow as pa  # lazy: only Parquet needs pyarrow
+
+    ts = pa.timestamp("ns", tz="UTC")
+    raw = pa.schema(
+        [
+            pa.field("time", ts, nullable=False),
+            pa.field("site", pa.string(), nullable=False),
+            pa.field("asset", pa.string(), nullable=False),
+            pa.field("point", pa.string(), nullable=False),
+            pa.field("value", pa.float64()),
+            pa.field("state", pa.bool_()),
+            pa.field("text", pa.string()),
+            pa.field("unit", pa.string()),
+            pa.field("quality", pa.uint32(), nullable=False),
+            pa.field("quality_name", pa.string(), nullable=False),
+            pa.field("severity", pa.string(), nullable=False),
+            pa.field("gateway_time", ts, nullable=False),
+            pa.field("source", pa.string(), nullable=False),
+        ]
+    )
+    bucket = pa.schema(
+        [
+            pa.field("time", ts, nullable=False),
+            pa.field("site", pa.string(), nullable=False),
+            pa.field("asset", pa.string(), nullable=False),
+            pa.field("point", pa.string(), nullable=False),
+            pa.field("unit", pa.string()),
+            pa.field("value", pa.float64()),
+            pa.field("count", pa.int64(), nullable=False),
+        ]
+    )
+    return raw, bucket
+
+
+def __getattr__(name: str) -> Any:  # noqa: ANN401 - module attribute hook
+    """``RAW_SCHEMA`` (raw readings) and ``BUCKET_SCHEMA`` (bucketed aggregates), built lazily.
+
+    They are the Arrow/Parquet schemas of the export; building them imports pyarrow, so the
+    module itself can be imported without it.
+    """
+    if name == "RAW_SCHEMA":
+        return _schemas()[0]
+    if name == "BUCKET_SCHEMA":
+        return _schemas()[1]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class _Sink(io.RawIOBase):
@@ -623,12 +642,19 @@ class ParquetEncoder(Encoder):
 
     def __init__(self, bucketed: bool) -> None:
         super().__init__(bucketed)
-        self.schema = BUCKET_SCHEMA if bucketed else RAW_SCHEMA
         self._sink = _Sink()
         self._writer: pq.ParquetWriter | None = None
 
+    @property
+    def schema(self) -> pa.Schema:
+        """`BUCKET_SCHEMA` or `RAW_SCHEMA` (the first access imports pyarrow)."""
+        raw, bucket = _schemas()
+        return bucket if self.bucketed else raw
+
     def _ensure(self) -> pq.ParquetWriter:
         if self._writer is None:
+            import pyarrow.parquet as pq  # lazy, see `_schemas`
+
             self._writer = pq.ParquetWriter(self._sink, self.schema, compression="zstd")
         return self._writer
 
@@ -636,6 +662,8 @@ class ParquetEncoder(Encoder):
         """Write one row group; return the bytes the writer produced so far."""
         if not rows:
             return b""
+        import pyarrow as pa  # lazy, see `_schemas`
+
         cols = list(zip(*rows, strict=True))
         if self.bucketed:
             arrays = [pa.array(c, type=f.type) for c, f in zip(cols, self.schema, strict=True)]

@@ -13,22 +13,22 @@ import asyncio
 import email.utils
 import math
 from datetime import UTC, datetime
-from typing import cast
+from typing import TYPE_CHECKING, cast
 from urllib.parse import urlsplit, urlunsplit
 
-import aiohttp
-from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync
-from influxdb_client.client.write_api_async import WriteApiAsync
-from influxdb_client.domain.write_precision import WritePrecision
-from influxdb_client.rest import ApiException
-
 from gateway.sinks.base import ErrorKind, SinkError, classify_status
+
+if TYPE_CHECKING:
+    # influxdb-client (with aiohttp, reactivex, urllib3, ≈ 30 MB resident) is imported when a
+    # sink first writes, so a gateway without an InfluxDB sink never loads it.
+    from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync
+    from influxdb_client.client.write_api_async import WriteApiAsync
+    from influxdb_client.rest import ApiException
 
 _MAX_REASON = 500
 """Characters of a server's error message kept [count]."""
 _MAX_RETRY_AFTER = 3600.0
 """A ``Retry-After`` above this is clamped [s]."""
-_NS = cast(WritePrecision, WritePrecision.NS)
 
 
 def parse_retry_after(header: str | None, now: datetime | None = None) -> float | None:
@@ -117,6 +117,10 @@ class InfluxSink:
     def _write_api(self) -> WriteApiAsync:
         if self._api is None:
             # Created lazily: the async client needs a running event loop.
+            from influxdb_client.client.influxdb_client_async import (  # lazy, see the imports
+                InfluxDBClientAsync,
+            )
+
             self._client = InfluxDBClientAsync(
                 url=self._url,
                 token=self._token or "",  # empty: no Authorization header
@@ -140,10 +144,21 @@ class InfluxSink:
         Raises:
             SinkError: Non-2xx status, timeout or connection error (see `classify_status`).
         """
+        if self._api is None:
+            # The first write imports influxdb-client (≈ 0.2-0.5 s of CPU) off the event loop.
+            await asyncio.to_thread(_import_client)
         api = self._write_api()
+        # Loaded by `_import_client`; from here on these are sys.modules look-ups.
+        import aiohttp
+        from influxdb_client.domain.write_precision import WritePrecision
+        from influxdb_client.rest import ApiException
+
         try:
             ok = await api.write(
-                bucket=self._bucket, org=self._org, record=body, write_precision=_NS
+                bucket=self._bucket,
+                org=self._org,
+                record=body,
+                write_precision=cast(WritePrecision, WritePrecision.NS),
             )
         except ApiException as exc:
             status = int(exc.status or 0)
@@ -171,6 +186,15 @@ class InfluxSink:
         if client is not None:
             await client.close()  # type: ignore[no-untyped-call]
             await asyncio.sleep(0)  # let aiohttp finish closing its connector
+
+
+def _import_client() -> None:
+    """Import influxdb-client's async write API (and with it aiohttp)."""
+    import aiohttp  # noqa: F401
+    import influxdb_client.client.influxdb_client_async
+    import influxdb_client.client.write_api_async
+    import influxdb_client.domain.write_precision
+    import influxdb_client.rest  # noqa: F401
 
 
 def _reason(exc: ApiException) -> str:
