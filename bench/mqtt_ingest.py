@@ -25,6 +25,8 @@ iterator (what the gateway builds on), each in its own process, CPU from /proc.
 
 Usage: .venv/bin/python bench/mqtt_ingest.py [--rate 10000] [--window 20] [--runs 1]
        .venv/bin/python bench/mqtt_ingest.py --floor paho|aiomqtt [--rate 10000]
+       .venv/bin/python bench/mqtt_ingest.py publish --port P --rate R --duration D \
+           --stats FILE [--qos 1]      # the load generator alone (tests/test_mqtt_flood.py)
 """
 
 from __future__ import annotations

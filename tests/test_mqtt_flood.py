@@ -26,6 +26,7 @@ assertion; waits have generous deadlines):
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -81,6 +82,7 @@ class Flood:
     modbus_bad: int
     errors: dict[str, float]  # protocol errors of the MQTT device by kind
     seconds: float  # publisher start to everything committed
+    modbus_gaps: tuple[float, ...] = ()  # seconds between Modbus readings during the flood
     held_received: int = 0  # messages received while the store was held (``hold_store``)
     held_backlog: int = 0  # most received-but-uncommitted messages seen while held
 
@@ -188,6 +190,18 @@ def _hold_store(gw: GatewayProcess, db: Path, seconds: float) -> tuple[int, int]
         lock.close()
 
 
+def _modbus_gaps(db: Path, since_ns: int) -> tuple[float, ...]:
+    """Seconds between consecutive stored Modbus readings (source time) since ``since_ns``."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+    try:
+        ts = [r[0] for r in conn.execute(
+            "SELECT r.ts_ns FROM readings r JOIN points p ON p.id = r.point_id "
+            "WHERE p.site = 'plant' AND r.ts_ns >= ? ORDER BY r.ts_ns", (since_ns,))]
+    finally:
+        conn.close()
+    return tuple((b - a) / 1e9 for a, b in itertools.pairwise(ts))
+
+
 def _flood(tmp_path: Path, *, qos: int, ack: str = "receipt", inbox_max: int | None = None,
            hold_store: float = 0.0) -> Flood:
     """Run one flood of ``RATE`` msg/s for ``DURATION`` s through a fresh gateway.
@@ -218,6 +232,7 @@ def _flood(tmp_path: Path, *, qos: int, ack: str = "receipt", inbox_max: int | N
             overruns0 = _device_metric(m0, "otgw_overruns_total", "plc")
             plant0 = _store_counts(db)[2]
             rss0 = _status_mb(pid, "VmRSS")
+            wall0 = time.time_ns()
             stats_path = tmp_path / "publisher.json"
             t0 = time.monotonic()
             pub = subprocess.Popen(
@@ -276,6 +291,7 @@ def _flood(tmp_path: Path, *, qos: int, ack: str = "receipt", inbox_max: int | N
                 modbus_bad=plant_bad,
                 errors=_errors(m2, "broker"),
                 seconds=seconds,
+                modbus_gaps=_modbus_gaps(db, wall0),
                 held_received=held[0],
                 held_backlog=held[1],
             )
@@ -287,11 +303,13 @@ def _flood(tmp_path: Path, *, qos: int, ack: str = "receipt", inbox_max: int | N
 
 
 def _report(name: str, f: Flood) -> None:
+    gaps = sorted(f.modbus_gaps) or [float("nan")]
     print(f"\nB6 {name}: sent {f.sent} at {f.rate:,.0f} msg/s; received {f.received}, stored "
           f"{f.stored}, dropped {f.dropped}; RSS {f.rss_before_mb:.0f} -> peak "
           f"{f.rss_peak_mb:.0f} MB (+{f.rss_growth_mb:.0f}); Modbus {f.modbus_polls} cycles, "
-          f"{f.modbus_stored} stored, {f.modbus_overruns} skipped; {f.seconds:.1f} s; "
-          f"errors {f.errors}")
+          f"{f.modbus_stored} stored, {f.modbus_overruns} skipped, interval min/median/max "
+          f"{gaps[0]:.3f}/{gaps[len(gaps) // 2]:.3f}/{gaps[-1]:.3f} s (not asserted); "
+          f"{f.seconds:.1f} s; errors {f.errors}")
 
 
 def _check_isolation(f: Flood) -> None:
