@@ -384,6 +384,25 @@ async def test_manual_ack_window_bounds_unacknowledged_messages_b6(broker: Mosqu
     assert most <= window + 1
 
 
+async def test_manual_ack_messages_without_samples_do_not_hold_the_window(
+    broker: Mosquitto,
+) -> None:
+    """``ack: commit``: messages that give no sample (unmapped) are acknowledged at once.
+
+    Otherwise they would wait for the next batch, and a window full of them never lets one in.
+    """
+    mappings = [{"topic": "plant/{site}/{asset}/{point}", "decoder": "plain", "qos": 1}]
+    dev = device(broker.port, mappings=mappings, receive_maximum=3, clean_start=True)
+    conn = MqttConnector(dev, POINTS, ack="commit")
+    async with conn:
+        await publish(broker.port, [("plant/north/pump-9/flow", str(i).encode())
+                                    for i in range(20)]
+                      + [("plant/north/pump-1/flow", b"7")])
+        got = await collect(conn.samples(), lambda s: len(s) >= 1)
+    assert [s.value for s in got] == [7]
+    assert conn.stats.errors["unmapped"] == 20
+
+
 async def test_oversized_payloads_b5(broker: Mosquitto) -> None:
     dev = device(broker.port, mappings=MAPPINGS, max_payload_bytes=1000)
     conn = MqttConnector(dev, POINTS)

@@ -801,19 +801,23 @@ class MqttConnector:
         Returns:
             The number of PUBACKs sent.
         """
-        inner = self._paho
         sent = 0
         while self._unacked and self._unacked[0][0] <= batch:
             _, mids = self._unacked.popleft()
-            if inner is None or self._client is None:
-                continue
-            for mid in mids:
-                inner.ack(mid, 1)
-                sent += 1
-        self._inflight = max(0, self._inflight - sent)
+            sent += self._send_acks(mids)
+        return sent
+
+    def _send_acks(self, mids: list[int]) -> int:
+        """PUBACK ``mids`` (if the link is up); read again once back within the window."""
+        inner = self._paho
+        if inner is None or self._client is None:
+            return 0
+        for mid in mids:
+            inner.ack(mid, 1)
+        self._inflight = max(0, self._inflight - len(mids))
         if self._paused and self._inflight <= self._window:
             self._resume()
-        return sent
+        return len(mids)
 
     async def samples(self) -> AsyncIterator[list[Sample]]:
         """Yield one batch of samples per burst of received messages, forever.
@@ -873,6 +877,11 @@ class MqttConnector:
                     self._unacked.append((self.batches, self._pending_mids))
                     self._pending_mids = []
                 yield batch
+            elif self._manual_ack and self._pending_mids:
+                # nothing to commit (rejected, unmapped): acknowledge now, or they would hold
+                # the window until the next batch, which a full window never lets in
+                mids, self._pending_mids = self._pending_mids, []
+                self._send_acks(mids)
             if disconnected.done() and not self._inbox:
                 await self._close()
                 cause = disconnected.exception() if not disconnected.cancelled() else None
