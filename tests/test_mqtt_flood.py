@@ -18,7 +18,10 @@ assertion; waits have generous deadlines):
 * QoS 0, generous ``inbox_max`` (the default 100,000): nothing is dropped, every message is
   stored. QoS 0, ``inbox_max: 10``: drops happen, and are counted exactly.
 * QoS 1, ``ack: commit``: backpressure through the Receive Maximum window (PUBACK after the
-  commit); nothing dropped, every message stored.
+  commit). The store's commits are blocked for 3 s mid-flood: received-but-uncommitted stays
+  within the window (+1), the broker holds the rest; nothing dropped, every message stored.
+  (mosquitto 2.0.11 ignores the Receive Maximum after the first PUBACK; the connector then
+  stops reading, counted ``receive_window_full``.)
 * Gateway RSS growth over the flood (peak ``VmHWM`` minus ``VmRSS`` before) < 100 MB.
 * Polling is unaffected: the Modbus device (0.5 s cycle) skips no cycle
   (``otgw_overruns_total`` unchanged), every cycle's reading is in the store and Good.
