@@ -346,6 +346,25 @@ class StoreConfig(BaseModel):
             "(buffer_overflow gaps) [count]; none = bounded by max_bytes and retention only"
         ),
     )
+    max_pending_readings: int = Field(
+        default=250_000,
+        ge=100,
+        le=10_000_000,
+        description=(
+            "Readings accepted from connectors and not yet committed [count, 100..10,000,000]; "
+            "reached only while commits fail or stall (disk full): newer readings are then "
+            "dropped, counted and recorded as buffer_overflow gaps (≈ 400 B of memory each)"
+        ),
+    )
+    commit_interval: float = Field(
+        default=0.25,
+        ge=0.0,
+        le=5.0,
+        description=(
+            "Shortest time between two commits of polled readings [s, 0..5]; polls arriving "
+            "meanwhile share one transaction. 0 = commit at once (lowest latency, most CPU)"
+        ),
+    )
 
 
 class InfluxSinkConfig(BaseModel):

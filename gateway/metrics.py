@@ -4,7 +4,9 @@
 increments plain integers. Every figure of RELIABILITY §8 is here:
 
 - readings: ``otgw_readings_in_total`` (from connectors), ``otgw_readings_committed_total``
-  (into the local store), ``otgw_commit_batches_total``; per sink ``otgw_sink_written_total``
+  (into the local store), ``otgw_commit_batches_total``, ``otgw_ingest_pending_readings``,
+  ``otgw_ingest_limit_readings`` and ``otgw_ingest_dropped_total`` (dropped while the store
+  stalled); per sink ``otgw_sink_written_total``
   (out), and the live stream's and MQTT northbound's own ``otgw_stream_*``/``otgw_northbound_*``;
 - rejected by reason: ``otgw_rejected_total{source,reason}`` (the pipeline's ``non_finite``,
   ``out_of_range``, ``unknown_point``; source ``pipeline``);
@@ -100,6 +102,23 @@ class RuntimeCollector(Collector):
             "otgw_ingest_queue_batches",
             "Reading batches waiting for the store writer",
             value=rt._queue.qsize(),
+        )
+        yield GaugeMetricFamily(
+            "otgw_ingest_pending_readings",
+            "Readings accepted from connectors and not yet committed (limit: "
+            "otgw_ingest_limit_readings)",
+            value=c.ingest_pending,
+        )
+        yield GaugeMetricFamily(
+            "otgw_ingest_limit_readings",
+            "Uncommitted readings beyond which new readings are dropped while the store stalls",
+            value=rt.ingest_max,
+        )
+        yield CounterMetricFamily(
+            "otgw_ingest_dropped",
+            "Readings dropped before the store because it stalled (recorded as buffer_overflow "
+            "gaps)",
+            value=c.ingest_dropped,
         )
         yield GaugeMetricFamily(
             "otgw_loop_lag_seconds",

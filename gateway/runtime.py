@@ -20,6 +20,7 @@ import contextlib
 import gc
 import logging
 import random
+import sqlite3
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -55,7 +56,7 @@ from gateway.pipeline import Pipeline, PointTransform
 from gateway.quality import Q
 from gateway.sinks.forwarder import Forwarder
 from gateway.sinks.influx import InfluxSink
-from gateway.store import PurgeReport, Store
+from gateway.store import DroppedRange, PurgeReport, Store, StoreClosedError
 from inventory.inventory import Inventory
 from inventory.spec import AssetSpec, DeviceSpec, InventorySpec, PointSpec, SiteSpec
 from inventory.views import Gap, GapCause
@@ -72,11 +73,17 @@ over a bound (an index seek and a few pragmas), so bounds hold within seconds.""
 STATS_S = 5.0
 """Period of refreshing the store size figures exposed on /metrics [s]."""
 STOP_FLUSH_TIMEOUT_S = 5.0
-# Shortest time between two commits of polled readings [s]: the writer groups the polls that
-# arrive meanwhile into one transaction (each costs a WAL append and an fsync). Adds at most
-# this much to source → commit latency; an MQTT QoS 1 acknowledgement waiting for a commit,
-# and a stop, end the wait at once. 0 = commit as soon as anything is queued.
-COMMIT_INTERVAL_S = 0.25
+# `store.commit_interval` (default 0.25 s): shortest time between two commits of polled
+# readings; the writer groups the polls that arrive meanwhile into one transaction (each costs
+# a WAL append and an fsync). Adds at most this much to source → commit latency; an MQTT QoS 1
+# acknowledgement waiting for a commit, and a stop, end the wait at once.
+# `store.max_pending_readings` (default 250,000): readings accepted from the connectors but not
+# yet committed. Reached only when commits stall or fail (a hung or full disk) while devices
+# keep delivering: further readings are dropped (newest first; the queued ones are committed),
+# counted in `otgw_ingest_dropped_total` and recorded as `buffer_overflow` gaps with exact
+# bounds, so memory stays bounded (≈ 400 B per reading) and pollers are never blocked. MQTT
+# QoS 1 with `ack: commit` is never dropped here: its receive window bounds it, and an
+# unacknowledged message is redelivered by the broker.
 # Closing one sink's HTTP session at stop [s]; beyond, it is abandoned (the process is exiting).
 STOP_CLOSE_TIMEOUT_S = 2.0
 # Re-cancel tasks that survive a cancel for this long [s] (Python 3.11's `asyncio.wait_for`
@@ -109,6 +116,9 @@ class Counters:
     commit_batches: int = 0
     loop_lag_s: float = 0.0
     gaps_opened: int = 0
+    ingest_dropped: int = 0
+    commit_failures: int = 0
+    ingest_pending: int = 0
     started_monotonic: float = field(default_factory=monotonic)
 
 
@@ -256,7 +266,11 @@ class Runtime:
         self._committed_seq = 0  # lists taken off _queue and committed
         self._after_commit: deque[tuple[int, Callable[[], object]]] = deque()
         self._commit_now = asyncio.Event()  # an acknowledgement waits: end the grouping wait
-        self.commit_interval = COMMIT_INTERVAL_S
+        self.commit_interval = cfg.store.commit_interval
+        self.ingest_max = cfg.store.max_pending_readings
+        self.store_error: str | None = None  # the failing commit's error, while commits fail
+        self._next_beat = self._next_purge = self._next_stats = 0.0  # housekeeping deadlines
+        self._ingest_drops: dict[str, _IngestDrop] = {}  # point key -> dropped since last commit
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -410,6 +424,8 @@ class Runtime:
             self.remove_listener(self.sparkplug.listener)
             await self.sparkplug.stop()  # NDEATH, then DISCONNECT
         phase("publishers")
+        if self.store is not None and self._ingest_drops:
+            await self._record_ingest_drops()
         if self.store is not None:
             await self.store.set_meta("last_alive", to_rfc3339(utc_now()) or "")
             await self.store.close()
@@ -450,17 +466,27 @@ class Runtime:
         return {"status": "ok", "uptime_s": round(monotonic() - self.counters.started_monotonic, 1)}
 
     def readiness(self) -> tuple[bool, dict[str, object]]:
-        """Ready once the store is open and the tasks run.
+        """Ready once the store is open and the tasks run, and while commits succeed.
 
         Details list devices up, alarms and every sink's status (`sink_status`); a failing
         sink is ``degraded`` (named in ``sinks_degraded``) but does not make the gateway
-        unready: readings are still accepted into the store (degraded, not down).
+        unready: readings are still accepted into the store (degraded, not down). A store
+        whose commits fail (disk full) does: ``store`` is ``failing: <error>`` and
+        ``ingest_dropped`` counts the readings refused meanwhile.
         """
         up = sum(1 for d in self.devices.values() if d.link_up)
-        ready = self._started.is_set() and self.store is not None and not self._stopping.is_set()
+        ready = (
+            self._started.is_set() and self.store is not None and not self._stopping.is_set()
+            and self.store_error is None
+        )
         sinks = self.sink_status()
         return ready, {
-            "store": "ok" if self.store is not None else "closed",
+            "store": (
+                "closed" if self.store is None
+                else f"failing: {self.store_error}" if self.store_error else "ok"
+            ),
+            "ingest_pending": self.counters.ingest_pending,
+            "ingest_dropped": self.counters.ingest_dropped,
             "devices_up": up,
             "devices_total": len(self.devices),
             "alarms": list(self.alarms),
@@ -515,6 +541,11 @@ class Runtime:
         """
         if readings:
             self.counters.readings_in += len(readings)
+            pending = self.counters.ingest_pending
+            if after_commit is None and pending + len(readings) > self.ingest_max:
+                self._drop_at_ingest(readings)
+                return
+            self.counters.ingest_pending = pending + len(readings)
             self._queue.put_nowait(readings)
             self._queued_seq += 1
         if after_commit is not None:
@@ -546,28 +577,130 @@ class Runtime:
                 batch.extend(more)
                 taken += 1 if more else 0
             if batch:
-                await self.store.append(batch)
-                self.counters.readings_committed += len(batch)
-                self.counters.commit_batches += 1
-                for fw in self.forwarders:
-                    fw.notify()
-                changed = self.inventory.observe(batch)
-                for listener in list(self._listeners):
-                    try:
-                        listener(batch)
-                    except Exception:
-                        log.exception("reading listener failed; removed")
-                        self.remove_listener(listener)
+                committed = await self._append(batch)
+                self.counters.ingest_pending -= len(batch)
                 self._committed_seq += taken
-                self._run_after_commit()
-                await self._save_gaps(changed)
+                if committed:
+                    self.counters.readings_committed += len(batch)
+                    self.counters.commit_batches += 1
+                    for fw in self.forwarders:
+                        fw.notify()
+                    changed = self.inventory.observe(batch)
+                    for listener in list(self._listeners):
+                        try:
+                            listener(batch)
+                        except Exception:
+                            log.exception("reading listener failed; removed")
+                            self.remove_listener(listener)
+                    self._run_after_commit()
+                    await self._save_gaps(changed)
+                    if self._ingest_drops:
+                        await self._record_ingest_drops()
+                else:  # never acknowledge what was not committed: the broker redelivers it
+                    self._run_after_commit(call=False)
             if self._stopping.is_set() and self._queue.empty():
                 return
 
-    def _run_after_commit(self) -> None:
+    async def _append(self, batch: list[Reading]) -> bool:
+        """Commit `batch`, retrying while the store fails (disk full, I/O error, locked).
+
+        While commits fail the batch stays in memory and new readings pile up to `ingest_max`,
+        beyond which they are dropped and counted (`_drop_at_ingest`): memory stays bounded,
+        pollers are never blocked, and the gateway recovers by itself once the store accepts
+        writes again (R8: ENOSPC is handled). Retries back off from 0.1 s to 5 s.
+
+        Returns:
+            True once committed; False when the batch was given up: at stop after the store
+            kept failing, or a batch the store refuses for what it contains (a bug: logged
+            with its traceback), in both cases counted in `counters.ingest_dropped` and
+            recorded as `buffer_overflow` gaps.
+        """
+        assert self.store is not None  # noqa: S101 - started by start()
+        delay = 0.1
+        failing = False
+        while True:
+            try:
+                await self.store.append(batch)
+            except (sqlite3.Error, OSError) as exc:
+                self.counters.commit_failures += 1
+                if not failing:
+                    failing = True
+                    self.store_error = str(exc)
+                    log.error(
+                        "store: commit of %d readings failed (%s); keeping them and retrying, "
+                        "new readings beyond %d uncommitted are dropped meanwhile",
+                        len(batch), exc, self.ingest_max,
+                    )
+                    self._on_event(f"store commit failing: {exc}")
+                if self._stopping.is_set() and delay >= 1.0:
+                    log.error("store: giving up %d uncommitted readings at stop", len(batch))
+                    self._note_drops(batch)
+                    return False
+                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+                delay = min(delay * 2, 5.0)
+                continue
+            except StoreClosedError:
+                self._note_drops(batch)
+                return False
+            except Exception:
+                log.exception("store: refused a batch of %d readings; dropped", len(batch))
+                self._note_drops(batch)
+                return False
+            if failing:
+                self.store_error = None
+                log.warning("store: commits work again")
+                self._on_event("store commits work again")
+            return True
+
+    def _drop_at_ingest(self, readings: list[Reading]) -> None:
+        """Count readings refused because `ingest_max` are waiting for the store."""
+        if not self._ingest_drops:
+            log.warning(
+                "store stalled: %d readings wait for a commit (limit %d); dropping new readings "
+                "until it catches up (counted, recorded as buffer_overflow gaps)",
+                self.counters.ingest_pending, self.ingest_max,
+            )
+            self._on_event("ingest limit reached: dropping new readings while the store is stalled")
+        self._note_drops(readings)
+
+    def _note_drops(self, readings: list[Reading]) -> None:
+        self.counters.ingest_dropped += len(readings)
+        drops = self._ingest_drops
+        for r in readings:
+            key = f"{r.site}/{r.asset}/{r.point}"
+            d = drops.get(key)
+            if d is None:
+                drops[key] = _IngestDrop(r.site, r.asset, r.point, 1, r.source_time, r.source_time)
+            else:
+                d.count += 1
+                d.first = min(d.first, r.source_time)
+                d.last = max(d.last, r.source_time)
+
+    async def _record_ingest_drops(self) -> None:
+        """Record the readings dropped at ingest as `buffer_overflow` gaps (exact bounds)."""
+        drops, self._ingest_drops = self._ingest_drops, {}
+        ranges = [DroppedRange(d.site, d.asset, d.point, d.count, d.first, d.last)
+                  for d in drops.values()]
+        try:
+            await self._overflow_gaps_for(ranges, "ingest")
+        except (sqlite3.Error, OSError) as exc:  # still failing: keep them for the next commit
+            log.error("store: could not save the ingest gaps (%s); retrying later", exc)
+            for key, d in drops.items():
+                newer = self._ingest_drops.get(key)
+                if newer is not None:
+                    d.count += newer.count
+                    d.first, d.last = min(d.first, newer.first), max(d.last, newer.last)
+                self._ingest_drops[key] = d
+            return
+        log.warning("store caught up: %d readings of %d points were dropped at ingest",
+                    sum(d.count for d in drops.values()), len(drops))
+
+    def _run_after_commit(self, call: bool = True) -> None:
         pending = self._after_commit
         while pending and pending[0][0] <= self._committed_seq:
             _, callback = pending.popleft()
+            if not call:
+                continue
             try:
                 callback()
             except Exception:  # an acknowledgement must not stop the writer
@@ -579,50 +712,70 @@ class Runtime:
         for g in gaps:
             if g.end is None:
                 self.counters.gaps_opened += 1
-        await self.store.save_gaps(gaps)
+        try:
+            await self.store.save_gaps(gaps)
+        except (sqlite3.Error, OSError) as exc:  # the inventory has them; the store catches up
+            log.error("store: could not save %d gap changes (%s)", len(gaps), exc)
 
     async def _housekeeping(self) -> None:
-        """Stale-gap ticks, heartbeat, loop-lag measurement and retention purges."""
+        """Stale-gap ticks, heartbeat, loop-lag measurement and retention purges.
+
+        A failing tick (the store full or unreadable) is logged once per distinct error and the
+        next tick runs as usual: silence detection never stops.
+        """
         assert self.store is not None  # noqa: S101 - started by start()
-        next_beat = monotonic()
-        next_purge = monotonic() + PURGE_S
-        next_stats = monotonic() + STATS_S
+        self._next_beat = monotonic()
+        self._next_purge = monotonic() + PURGE_S
+        self._next_stats = monotonic() + STATS_S
+        last_error = ""
         while not self._stopping.is_set():
             t0 = monotonic()
             await asyncio.sleep(TICK_S)
             self.counters.loop_lag_s = max(0.0, monotonic() - t0 - TICK_S)
-            now = utc_now()
-            for run in self.devices.values():
-                if run.connector is not None:
-                    st = run.connector.stats
-                    self.inventory.poll_stats(
-                        run.device_id,
-                        latency_s=st.last_latency_s,
-                        polls=st.polls,
-                        overruns=st.overruns,
-                    )
-            await self._save_gaps(self.inventory.tick(now))
-            if self.northbound is not None:
-                await self.northbound.refresh_states(now)
-                await self.northbound.refresh_coverage(
-                    now, self.usable_counts, self.monitored_since
+            try:
+                await self._tick(utc_now())
+            except Exception as exc:  # housekeeping must go on
+                error = f"{type(exc).__name__}: {exc}"
+                if error != last_error:  # a store error is expected (disk full): no traceback
+                    expected = isinstance(exc, (sqlite3.Error, OSError))
+                    log.error("housekeeping tick failed: %s", error,
+                              exc_info=None if expected else exc)
+                last_error = error
+            else:
+                last_error = ""
+
+    async def _tick(self, now: datetime) -> None:
+        """One housekeeping tick (see `_housekeeping`)."""
+        assert self.store is not None  # noqa: S101 - started by start()
+        for run in self.devices.values():
+            if run.connector is not None:
+                st = run.connector.stats
+                self.inventory.poll_stats(
+                    run.device_id,
+                    latency_s=st.last_latency_s,
+                    polls=st.polls,
+                    overruns=st.overruns,
                 )
-            if self.sparkplug is not None:
-                await self.sparkplug.refresh_states(now)
-            if monotonic() >= next_beat:
-                next_beat += HEARTBEAT_S
-                await self.store.set_meta("last_alive", to_rfc3339(now) or "")
-            if monotonic() >= next_purge:
-                next_purge = monotonic() + PURGE_S
-                deleted = await self.store.purge(now)
-                report = self.store.last_purge
-                if report is not None and report.dropped:
-                    await self._record_overflow(report)
-                elif deleted:
-                    log.info("store purge removed %d readings (all acknowledged)", deleted)
-            if monotonic() >= next_stats:
-                next_stats = monotonic() + STATS_S
-                self.store_stats = await self.store.stats()
+        await self._save_gaps(self.inventory.tick(now))
+        if self.northbound is not None:
+            await self.northbound.refresh_states(now)
+            await self.northbound.refresh_coverage(now, self.usable_counts, self.monitored_since)
+        if self.sparkplug is not None:
+            await self.sparkplug.refresh_states(now)
+        if monotonic() >= self._next_beat:
+            self._next_beat = max(self._next_beat + HEARTBEAT_S, monotonic())
+            await self.store.set_meta("last_alive", to_rfc3339(now) or "")
+        if monotonic() >= self._next_purge:
+            self._next_purge = monotonic() + PURGE_S
+            deleted = await self.store.purge(now)
+            report = self.store.last_purge
+            if report is not None and report.dropped:
+                await self._record_overflow(report)
+            elif deleted:
+                log.info("store purge removed %d readings (all acknowledged)", deleted)
+        if monotonic() >= self._next_stats:
+            self._next_stats = monotonic() + STATS_S
+            self.store_stats = await self.store.stats()
 
     async def _record_overflow(self, report: PurgeReport) -> None:
         """Record readings dropped before a sink had them as `buffer_overflow` gaps (M4, R8).
@@ -639,16 +792,27 @@ class Runtime:
             ", ".join(f"{k}={v}" for k, v in sorted(report.dropped_by_sink.items())),
         )
         self._on_event(f"buffer overflow: dropped {report.dropped} unsent readings")
+        await self._overflow_gaps_for(report.dropped_ranges, "overflow")
+
+    async def _overflow_gaps_for(self, ranges: Sequence[DroppedRange], suffix: str) -> None:
+        """One closed `buffer_overflow` gap per dropped range (or extend the continued one).
+
+        Args:
+            ranges: Dropped readings per point with exact source-time bounds.
+            suffix: Gap id suffix naming where they were dropped (``overflow``: the store's
+                bounds; ``ingest``: before the store, while it stalled).
+        """
+        assert self.store is not None  # noqa: S101 - the store is open
         changed: list[Gap] = []
         added: list[Gap] = []
-        for r in report.dropped_ranges:
-            prev = self._overflow_gaps.get(r.key)
+        for r in ranges:
+            prev = self._overflow_gaps.get(f"{suffix}:{r.key}")
             if prev is not None and r.continues and prev.end is not None and r.first >= prev.start:
                 prev.end = max(prev.end, r.last)
                 changed.append(replace(prev))
                 continue
             gap = Gap(
-                id=f"{r.key}@{to_epoch_ns(r.first)}~overflow",
+                id=f"{r.key}@{to_epoch_ns(r.first)}~{suffix}",
                 site=r.site,
                 asset=r.asset,
                 point=r.point,
@@ -659,7 +823,7 @@ class Runtime:
                 first_bad=None,
                 expected_interval=self._intervals.get(r.key, 1.0),
             )
-            self._overflow_gaps[r.key] = gap
+            self._overflow_gaps[f"{suffix}:{r.key}"] = gap
             added.append(gap)
             changed.append(replace(gap))
         # Durable first: a gap the API shows is already in the store.
@@ -756,6 +920,18 @@ class Runtime:
     def request_stop(self) -> None:
         """Ask `run_forever` to stop (signal-handler safe)."""
         self._stopping.set()
+
+
+@dataclass(slots=True)
+class _IngestDrop:
+    """Readings of one point dropped at ingest since the last commit (count, source-time bounds)."""
+
+    site: str
+    asset: str
+    point: str
+    count: int
+    first: datetime
+    last: datetime
 
 
 async def cancel_and_wait(tasks: Sequence[asyncio.Task[object]], kind: str) -> list[str]:

@@ -249,10 +249,13 @@ def test_metrics_match_the_api_on_a_running_gateway(tmp_path: Path) -> None:
                 second = scrape(gw)
                 c1 = one(first, "otgw_readings_committed_total")
                 c2 = one(second, "otgw_readings_committed_total")
-                return second if c1 == c2 == rows else None
+                # commits are grouped (store.commit_interval): wait for the last one too
+                pending = one(second, "otgw_ingest_pending_readings")
+                return second if c1 == c2 == rows and pending == 0 else None
 
             m = wait_for(settled, timeout=20, what="committed readings = rows in the store")
             assert one(m, "otgw_readings_in_total") == one(m, "otgw_readings_committed_total")
+            assert one(m, "otgw_ingest_dropped_total") == 0
             assert one(m, "otgw_device_state", device="plc") == STATE_VALUE["offline"]
             before = {g: _coverage(gw, g) for g in ("site", "asset")}
             m = scrape(gw)
