@@ -181,13 +181,13 @@ def publish(port: int, rate: float, duration: float, stats_path: Path, qos: int 
     return 0
 
 
-def start_publisher(port: int, rate: float, duration: float, work: Path,
+def start_publisher(port: int, rate: float, duration: float, work: Path, qos: int = 0,
                     ) -> tuple[subprocess.Popen[bytes], Path]:
     stats = work / "publisher.json"
     stats.unlink(missing_ok=True)
     proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "publish", "--port",
                              str(port), "--rate", str(rate), "--duration", str(duration),
-                             "--stats", str(stats)])
+                             "--stats", str(stats), "--qos", str(qos)])
     return proc, stats
 
 
@@ -199,25 +199,29 @@ def sent_in(stats: dict[str, Any], s0: int, s1: int) -> int:
 # -- the gateway workload -----------------------------------------------------------------------
 
 
-def gateway_config(port: int, data: Path) -> dict[str, Any]:
-    return {
+def gateway_config(port: int, data: Path, qos: int = 0) -> dict[str, Any]:
+    """One MQTT device, one JSON mapping; QoS 1 subscribes with ``ack: commit``."""
+    cfg: dict[str, Any] = {
         "gateway": {"data_dir": str(data)},
         "api": {"host": "127.0.0.1", "port": 0},
         "devices": [{
             "id": "broker", "protocol": "mqtt", "host": "127.0.0.1", "port": port,
             "keepalive": 30, "clean_start": True,
             "mappings": [{"topic": "bench/{asset}/{point}", "decoder": "json", "site": "bench",
-                          "value": "/v", "timestamp": "/ts", "timestamp_unit": "ms", "qos": 0,
+                          "value": "/v", "timestamp": "/ts", "timestamp_unit": "ms", "qos": qos,
                           "expected_interval": 1.0}],
         }],
         "sites": [{"id": "bench", "assets": [
             {"id": f"a{a}", "points": [{"id": f"p{p}", "device": "broker"} for p in range(POINTS)]}
             for a in range(ASSETS)]}],
     }
+    if qos:
+        cfg["devices"][0]["ack"] = "commit"
+    return cfg
 
 
 def run_gateway(rate: float, window: float, warmup: float = 5.0, grace: float = 15.0,
-                profile_to: Path | None = None) -> dict[str, float]:
+                profile_to: Path | None = None, qos: int = 0) -> dict[str, float]:
     """One run of the MQTT workload at `rate` msg/s; see the module docstring."""
     from tests.mosquitto_helpers import Mosquitto
 
@@ -225,7 +229,7 @@ def run_gateway(rate: float, window: float, warmup: float = 5.0, grace: float = 
         work = Path(tmp)
         with Mosquitto(work / "broker", max_queued_messages=0) as broker:
             data = work / "data"
-            gw, url = start_gateway(gateway_config(broker.port, data), work)
+            gw, url = start_gateway(gateway_config(broker.port, data, qos), work)
             pub = None
             try:
                 deadline = time.monotonic() + 30
@@ -237,7 +241,8 @@ def run_gateway(rate: float, window: float, warmup: float = 5.0, grace: float = 
                 watcher = CommitWatcher(data / "gateway.db", sample_every=max(1, int(rate) // 2000))
                 watcher.start()
                 conn = wait_store(data / "gateway.db")
-                pub, stats_path = start_publisher(broker.port, rate, warmup + window + 1.5, work)
+                pub, stats_path = start_publisher(broker.port, rate, warmup + window + 1.5, work,
+                                                  qos)
                 # window: whole seconds of source time, after the warm-up
                 s0 = int(time.time() + warmup) + 1
                 s1 = s0 + int(window)
@@ -429,7 +434,8 @@ def main() -> int:
     parser.add_argument("--stats", type=Path)
     parser.add_argument("--client", choices=["paho", "aiomqtt"])
     parser.add_argument("--counts", type=Path)
-    parser.add_argument("--qos", type=int, choices=[0, 1], default=0, help="publish: QoS")
+    parser.add_argument("--qos", type=int, choices=[0, 1], default=0,
+                        help="QoS of publisher and subscription (1: the gateway acks after commit)")
     args = parser.parse_args()
     if args.command == "publish":
         return publish(args.port, args.rate, args.duration, args.stats, args.qos)
@@ -443,9 +449,9 @@ def main() -> int:
     runs = []
     for i in range(args.runs):
         log(f"mqtt {args.rate:,.0f} msg/s run {i + 1}/{args.runs}")
-        runs.append(run_gateway(args.rate, args.window))
+        runs.append(run_gateway(args.rate, args.window, qos=args.qos))
         log(json.dumps(runs[-1]))
-    print(table(HEADER, [row(f"MQTT JSON QoS 0, {args.rate:,.0f} msg/s", runs)]))
+    print(table(HEADER, [row(f"MQTT JSON QoS {args.qos}, {args.rate:,.0f} msg/s", runs)]))
     return 0
 
 

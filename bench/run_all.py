@@ -54,6 +54,8 @@ WORKLOADS: dict[str, tuple[str, tuple[float, ...], str, str, str, str]] = {
     "MQTT JSON QoS 0, 10k msg/s": ("mqtt", (10_000,), "8–10 % (latency ~40 s)", "~1.0–1.3",
                                    "94–133 MB", "100 %, ≤ 0.05"),
     "MQTT JSON QoS 0, 50k msg/s": ("mqtt", (50_000,), "–", "–", "–", "100 %, ≤ 0.05"),
+    "MQTT JSON QoS 1 (ack after commit), 10k msg/s": ("mqtt", (10_000, 1), "–", "–", "–",
+                                                      "100 %"),
 }
 SEARCH_INTERVALS = (1.25, 1.667, 2.5)
 """Poll intervals tried for 1000 × 50 when 1 s loses readings (40k, 30k, 20k/s)."""
@@ -107,7 +109,9 @@ def side_by_side(runs: int, window: float, only: set[str], search: bool,
         else:
             for i in range(runs):
                 log(f"{name}: run {i + 1}/{runs}")
-                res = _retry(lambda rate=params[0]: mqtt_ingest.run_gateway(rate, window), name)
+                qos = int(params[1]) if len(params) > 1 else 0
+                res = _retry(lambda rate=params[0], q=qos: mqtt_ingest.run_gateway(
+                    rate, window, qos=q), name)
                 if res is not None:
                     log(f"  {json.dumps(res)}")
                     got.append(res)
