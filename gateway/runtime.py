@@ -21,10 +21,11 @@ import gc
 import logging
 import random
 import sqlite3
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Union
@@ -73,6 +74,9 @@ over a bound (an index seek and a few pragmas), so bounds hold within seconds.""
 STATS_S = 5.0
 """Period of refreshing the store size figures exposed on /metrics [s]."""
 STOP_FLUSH_TIMEOUT_S = 5.0
+# Room the inventory leaves between a freshness deadline and a stale gap [s] for readings
+# acquired but not yet observed (loop lag); `store.commit_interval` is added to it.
+TICK_GRACE_S = 0.5
 # `store.commit_interval` (default 0.25 s): shortest time between two commits of polled
 # readings; the writer groups the polls that arrive meanwhile into one transaction (each costs
 # a WAL append and an fsync). Adds at most this much to source → commit latency; an MQTT QoS 1
@@ -243,7 +247,11 @@ class Runtime:
             d.id: DeviceRun(d.id, tuple(p.key for p in self._points[d.id])) for d in cfg.devices
         }
         self.counters = Counters()
-        self.inventory = Inventory(self.spec, now=utc_now())
+        # Readings reach the inventory up to `store.commit_interval` after acquisition (grouped
+        # commits); the freshness deadlines leave that much more room.
+        self.inventory = Inventory(
+            self.spec, now=utc_now(), tick_grace=TICK_GRACE_S + cfg.store.commit_interval
+        )
         self.monitored_since = utc_now()
         self.store: Store | None = None
         self.forwarders: list[Forwarder] = []
@@ -267,6 +275,9 @@ class Runtime:
         self._after_commit: deque[tuple[int, Callable[[], object]]] = deque()
         self._commit_now = asyncio.Event()  # an acknowledgement waits: end the grouping wait
         self.commit_interval = cfg.store.commit_interval
+        # POSIX time each queued batch was submitted, oldest first: the inventory's freshness
+        # is judged as of the oldest one not yet observed (never "late" because of the store)
+        self._pending_since: deque[float] = deque()
         self.ingest_max = cfg.store.max_pending_readings
         self.store_error: str | None = None  # the failing commit's error, while commits fail
         self._next_beat = self._next_purge = self._next_stats = 0.0  # housekeeping deadlines
@@ -547,6 +558,7 @@ class Runtime:
                 return
             self.counters.ingest_pending = pending + len(readings)
             self._queue.put_nowait(readings)
+            self._pending_since.append(time.time())
             self._queued_seq += 1
         if after_commit is not None:
             if self._queued_seq == self._committed_seq:
@@ -580,6 +592,8 @@ class Runtime:
                 committed = await self._append(batch)
                 self.counters.ingest_pending -= len(batch)
                 self._committed_seq += taken
+                for _ in range(taken):
+                    self._pending_since.popleft()
                 if committed:
                     self.counters.readings_committed += len(batch)
                     self.counters.commit_batches += 1
@@ -756,7 +770,12 @@ class Runtime:
                     polls=st.polls,
                     overruns=st.overruns,
                 )
-        await self._save_gaps(self.inventory.tick(now))
+        # Judge freshness as of the oldest reading still waiting for its commit (a slow or
+        # failing store must not make points look silent; bounds come from the readings).
+        observed = now
+        if self._pending_since:
+            observed = min(now, datetime.fromtimestamp(self._pending_since[0], UTC))
+        await self._save_gaps(self.inventory.tick(observed))
         if self.northbound is not None:
             await self.northbound.refresh_states(now)
             await self.northbound.refresh_coverage(now, self.usable_counts, self.monitored_since)

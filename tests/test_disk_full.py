@@ -15,6 +15,7 @@ import contextlib
 import os
 import sqlite3
 import subprocess
+import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -103,6 +104,7 @@ def test_disk_full_is_survived_counted_and_recorded_as_gaps(tmp_path: Path) -> N
             gw.start()
             wait_for(lambda: metrics(gw)["otgw_readings_committed_total"] > 2000, timeout=30,
                      what="readings committed before the disk fills")
+            full_at_ns = time.time_ns()
             filler = fill(data)
 
             def failing() -> dict[str, Any] | None:
@@ -125,6 +127,11 @@ def test_disk_full_is_survived_counted_and_recorded_as_gaps(tmp_path: Path) -> N
             wait_for(lambda: gw.get("/api/v1/devices")[0]["polls"] >= polls + 10, timeout=30,
                      what="polls continue while the disk is full")
 
+            # The device never stopped answering: while the store fails, no point goes `stale`
+            # (freshness is judged as of the oldest reading waiting for its commit).
+            during = [g for g in gw.get("/api/v1/gaps") if _ns(g["start"]) >= full_at_ns]
+            assert during == []
+
             filler.unlink()  # room again: the gateway recovers by itself
             wait_for(lambda: httpx.get(gw.url + "/readyz", timeout=10).status_code == 200,
                      timeout=60, what="/readyz ready again")
@@ -138,7 +145,8 @@ def test_disk_full_is_survived_counted_and_recorded_as_gaps(tmp_path: Path) -> N
             dropped = m["otgw_ingest_dropped_total"]
             assert dropped > 0
             print(f"R8: committed {m['otgw_readings_committed_total']:.0f}, dropped {dropped:.0f}"
-                  f", in {m['otgw_readings_in_total']:.0f}, {len(gaps)} ingest gaps")
+                  f", in {m['otgw_readings_in_total']:.0f}, {len(gaps)} ingest gaps; causes of "
+                  f"all gaps: {sorted({g['cause'] for g in gw.get('/api/v1/gaps')})}")
             assert {g["point"] for g in gaps} == {p["id"] for p in points}
             assert all(g["id"].endswith("~ingest") for g in gaps)
         finally:
