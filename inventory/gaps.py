@@ -203,7 +203,11 @@ class DeadlineHeap:
         Walks only the heap entries of buckets that begin at or before `now` (a heap's
         children are never smaller than their parent, so a subtree whose root is later is
         skipped whole): the cost is those buckets and their items, independent of the items
-        whose deadlines lie further ahead.
+        whose deadlines lie further ahead. Buckets emptied since they were pushed (every
+        reading moves its point's deadline out of its bucket) are dropped from the top of the
+        heap first, as `pop_due` would, so while nothing is due the call is O(1) however often
+        it runs (the API asks before every answer, `Inventory.summary_version`). No deadline
+        changes.
 
         Args:
             now: POSIX time [s].
@@ -212,12 +216,14 @@ class DeadlineHeap:
             Item indices, in no particular order.
         """
         heap = self._heap
+        buckets = self._buckets
+        while heap and not buckets.get(heap[0]):
+            buckets.pop(heapq.heappop(heap), None)  # emptied since pushed (lazy invalidation)
         if not heap:
             return []
         limit = now // self.resolution
         if heap[0] > limit:
             return []
-        buckets = self._buckets
         current = self._current
         size = len(heap)
         out: list[int] = []
