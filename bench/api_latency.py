@@ -25,8 +25,17 @@ Also measured: one request at a time (latency of a single uncontended request). 
 ``--no-cache`` the server keeps no encoded answers (every request reads the inventory's
 counters and encodes every site/asset), which shows the inventory's own cost.
 
+Garbage collection: like `gateway.runtime` (which calls ``gc.collect(); gc.freeze()`` once
+the gateway has started), the server freezes the objects that exist once its inventory is
+built, so full collections no longer walk the ~200k long-lived objects of 100k points (points
+and their specs). ``--no-gc-freeze`` leaves them in the collector's generations: every full
+collection then stalls the event loop for ~40-150 ms, which was most of the p99 before
+(docs/benchmarks.md "API latency"). The server reports its full collections (count, longest
+pause) during the measurement in the table.
+
 Usage: .venv/bin/python bench/api_latency.py [--duration 20] [--clients 50] [--procs 1]
        [--client raw|httpx] [--rate R] [--points-per-asset 100] [--no-cache]
+       [--no-gc-freeze]
 Prints a Markdown table (paste into docs/benchmarks.md).
 """
 
@@ -92,6 +101,17 @@ def serve(no_cache: bool, per_asset: int, gc_freeze: bool) -> None:
         for s in range(SITES) for a in range(ASSETS) for p in range(per_asset)
     )
     started = datetime.now(UTC)
+    full_gcs: list[float] = []  # pauses of full (generation 2) collections [s]
+    gc_started = [0.0]
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        if info["generation"] != 2:
+            return
+        if phase == "start":
+            gc_started[0] = time.perf_counter()
+        else:
+            full_gcs.append(time.perf_counter() - gc_started[0])
+
     inventory = Inventory(InventorySpec(sites, assets, points, devices, gap_after=2.5), now=started)
     lags: list[float] = []
 
@@ -101,6 +121,7 @@ def serve(no_cache: bool, per_asset: int, gc_freeze: bool) -> None:
 
         def __init__(self) -> None:
             self.inventory = inventory
+            self.gc_seen = 0
 
         def now(self) -> datetime:
             return datetime.now(UTC)
@@ -109,8 +130,10 @@ def serve(no_cache: bool, per_asset: int, gc_freeze: bool) -> None:
             return {}
 
         def health(self) -> dict[str, object]:
+            self.gc_seen, seen = len(full_gcs), self.gc_seen
             recent = sorted(lags[-2000:]) or [0.0]
-            return {"loop_lag_max_s": max(recent), "loop_lag_p99_s": recent[int(0.99 * (len(recent) - 1))]}
+            return {"loop_lag_max_s": max(recent), "loop_lag_p99_s": recent[int(0.99 * (len(recent) - 1))],
+                    "full_gc_pauses_s": full_gcs[seen:]}  # since the last /healthz
 
         def readiness(self) -> tuple[bool, dict[str, object]]:
             return True, {}
@@ -152,9 +175,10 @@ def serve(no_cache: bool, per_asset: int, gc_freeze: bool) -> None:
             inventory.link_up(d.id, started)
         t = datetime.now(UTC)
         inventory.observe([Reading(p.site, p.asset, p.point, 20.0, "Cel", 0, t, t, "") for p in points])
-        if gc_freeze:  # what a long-running gateway can do once its inventory is built
+        if gc_freeze:  # as gateway.runtime does once the gateway has started
             gc.collect()
             gc.freeze()
+        gc.callbacks.append(on_gc)
         app = create_app(Ctx(), allowed_hosts=None)  # type: ignore[arg-type]
         if no_cache:
             app.state.views = NoCache(min_cost=float("inf"))
@@ -319,8 +343,9 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=None,
                     help="paced: requests/s per client (default: closed loop)")
     ap.add_argument("--points-per-asset", type=int, default=100, help="x 1,000 assets")
-    ap.add_argument("--gc-freeze", action="store_true",
-                    help="server: gc.freeze() once the inventory is built (see the docstring)")
+    ap.add_argument("--gc-freeze", action=argparse.BooleanOptionalAction, default=True,
+                    help="server: gc.freeze() once the inventory is built, as gateway.runtime "
+                    "does (default; see the docstring)")
     args = ap.parse_args()
     if args.serve:
         serve(args.no_cache, args.points_per_asset, args.gc_freeze)
@@ -329,7 +354,7 @@ def main() -> None:
         ap.error("--rate needs --client raw")
     cmd = [sys.executable, __file__, "--serve", "--points-per-asset", str(args.points_per_asset)]
     cmd += ["--no-cache"] if args.no_cache else []
-    cmd += ["--gc-freeze"] if args.gc_freeze else []
+    cmd += ["--gc-freeze"] if args.gc_freeze else ["--no-gc-freeze"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE)
     try:
         assert proc.stdout is not None
@@ -339,6 +364,7 @@ def main() -> None:
         rows = []
         for path in ("/api/v1/sites", "/api/v1/assets"):
             single = load(args.client, base + path, 1, min(args.duration, 10.0), 1)
+            httpx.get(base + "/healthz", timeout=30)  # full GCs counted from here
             cpu0, t0 = cpu_seconds(proc.pid), time.perf_counter()
             loaded = load(args.client, base + path, args.clients, args.duration, args.procs,
                           args.rate)
@@ -349,13 +375,13 @@ def main() -> None:
         shape = (f"paced, {args.rate:g} req/s per client" if args.rate is not None
                  else "closed loop")
         cache = "no answer cache" if args.no_cache else "answer cache"
-        cache += ", gc.freeze()" if args.gc_freeze else ""
+        cache += ", gc.freeze()" if args.gc_freeze else ", no gc.freeze()"
         print(f"\n{points:,} points, {SITES * ASSETS:,} assets, {SITES} sites; {args.clients} "
               f"clients ({args.client}) in {args.procs} process(es) × {args.duration:.0f} s; "
               f"{shape}; {cache}\n")
         print("| endpoint | body | 1 client p50 | p50 | p90 | p99 | max | req/s | server CPU "
-              "| client CPU | server loop lag p99 / max |")
-        print("|---|---|---|---|---|---|---|---|---|---|---|")
+              "| client CPU | server loop lag p99 / max | server full GCs (longest) |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
         for path, body, single, loaded, lag in rows:
             print(f"| `{path}` | {body / 1024:.0f} KiB | {single['p50'] * 1000:.1f} ms | "
                   f"{loaded['p50'] * 1000:.1f} ms | {loaded['p90'] * 1000:.1f} ms | "
@@ -363,7 +389,8 @@ def main() -> None:
                   f"{loaded['rps']:.0f} | {loaded['cpu'] * 100:.0f} % | "
                   f"{loaded['client_cpu'] * 100:.0f} % | "
                   f"{lag['loop_lag_p99_s'] * 1000:.0f} / "
-                  f"{lag['loop_lag_max_s'] * 1000:.0f} ms |"
+                  f"{lag['loop_lag_max_s'] * 1000:.0f} ms | {len(lag['full_gc_pauses_s'])} "
+                  f"({max(lag['full_gc_pauses_s'], default=0.0) * 1000:.0f} ms) |"
                   + (f" ({loaded['errors']} errors)" if loaded["errors"] else ""))
     finally:
         proc.send_signal(signal.SIGTERM)
