@@ -14,6 +14,7 @@ import csv
 import math
 import os
 import re
+import sys
 from collections.abc import Iterator
 from itertools import pairwise
 from pathlib import Path
@@ -832,6 +833,140 @@ def _strip_where(raw: dict[str, Any]) -> dict[tuple[int, int, int], str]:
     return where
 
 
+class _NotPlain(Exception):
+    """The document uses a YAML feature `_load_plain` leaves to the full loader."""
+
+
+def _load_plain(text: str) -> Any:  # noqa: ANN401 - any YAML value
+    """Load one YAML document of plain mappings, sequences and scalars, from the event stream.
+
+    PyYAML's loader first composes a node tree of the whole document (a Python object, with
+    two position marks, per scalar: ≈ 450 MB for 100,000 points) and only then builds the
+    data; pymalloc keeps most of that memory after it is freed. This builds each value as its
+    events arrive, with the same resolver and scalar constructors (so the same values), and
+    never holds more than one scalar node. Anchors, aliases, merge keys, explicit collection
+    tags and non-scalar keys raise `_NotPlain`: the caller then uses the full loader.
+
+    Raises:
+        _NotPlain: A feature this loader leaves to PyYAML's.
+        yaml.YAMLError: The text is not valid YAML.
+    """
+    loader: Any = _YAML_LOADER(text)  # the event API is untyped in types-PyYAML
+    constructors = loader.yaml_constructors
+    plain_tags = (None, "!")
+
+    def value() -> Any:  # noqa: ANN401 - any YAML value
+        event = loader.get_event()
+        kind = type(event)
+        if kind is yaml.AliasEvent or getattr(event, "anchor", None) is not None:
+            raise _NotPlain
+        if kind is yaml.ScalarEvent:
+            tag = event.tag
+            if tag in plain_tags:
+                tag = loader.resolve(yaml.ScalarNode, event.value, event.implicit)
+            construct = constructors.get(tag)
+            if construct is None:
+                raise _NotPlain
+            node = yaml.ScalarNode(tag, event.value, event.start_mark, event.end_mark, event.style)
+            return construct(loader, node)
+        if kind is yaml.SequenceStartEvent:
+            if event.tag not in (*plain_tags, "tag:yaml.org,2002:seq"):
+                raise _NotPlain
+            items = []
+            while not loader.check_event(yaml.SequenceEndEvent):
+                items.append(value())
+            loader.get_event()
+            return items
+        if kind is yaml.MappingStartEvent:
+            if event.tag not in (*plain_tags, "tag:yaml.org,2002:map"):
+                raise _NotPlain
+            mapping: dict[Any, Any] = {}
+            while not loader.check_event(yaml.MappingEndEvent):
+                if loader.check_event(yaml.ScalarEvent) and loader.peek_event().value == "<<":
+                    raise _NotPlain  # a merge key, or a quoted "<<": left to PyYAML
+                key = value()
+                if not isinstance(key, str | int | float | bool | None):
+                    raise _NotPlain
+                mapping[key] = value()  # a repeated key: the last value wins, as in PyYAML
+            loader.get_event()
+            return mapping
+        raise _NotPlain
+
+    try:
+        loader.get_event()  # stream start
+        if loader.check_event(yaml.StreamEndEvent):
+            return None
+        loader.get_event()  # document start
+        data = value()
+        loader.get_event()  # document end
+        if not loader.check_event(yaml.StreamEndEvent):
+            raise _NotPlain  # several documents: PyYAML words the error
+        return data
+    finally:
+        loader.dispose()
+
+
+def _load_yaml(text: str) -> Any:  # noqa: ANN401 - any YAML value
+    """The YAML document in `text`, as PyYAML's safe loader returns it.
+
+    Raises:
+        yaml.YAMLError: The text is not valid YAML (PyYAML's own error).
+    """
+    try:
+        return _load_plain(text)
+    except Exception:  # any problem: the full loader decides, with its own errors
+        return yaml.load(text, Loader=_YAML_LOADER)  # noqa: S506 - a SafeLoader
+
+
+_INTERNED_KEYS = ("id", "device", "unit", "name", "kind")
+"""String values of devices, sites, assets and points that repeat across the config (point ids,
+device ids, units), interned so that equal values share one object."""
+
+
+def _intern_ids(raw: dict[str, Any]) -> None:
+    """Intern the repeated strings of devices, sites, assets and points of the raw config.
+
+    With 100,000 points, ids such as ``p12`` and device ids repeat thousands of times; each
+    parsed copy costs ≈ 50 bytes, and the runtime, store and inventory keep more copies.
+    Interned, equal values are one object (`sys.intern`). In place; values are unchanged.
+    """
+
+    def intern(node: dict[str, Any]) -> None:
+        for key in _INTERNED_KEYS:
+            value = node.get(key)
+            if type(value) is str:
+                node[key] = sys.intern(value)
+
+    def dicts(node: object) -> list[dict[str, Any]]:
+        # Malformed sections are left to validation, which reports them.
+        return [d for d in node if isinstance(d, dict)] if isinstance(node, list) else []
+
+    for device in dicts(raw.get("devices")):
+        intern(device)
+    for site in dicts(raw.get("sites")):
+        intern(site)
+        for asset in dicts(site.get("assets")):
+            intern(asset)
+            for point in dicts(asset.get("points")):
+                intern(point)
+
+
+def _share_fields_sets(cfg: GatewayConfig) -> None:
+    """Let points with the same explicitly set fields share one ``model_fields_set`` object.
+
+    pydantic gives every model instance its own set of the field names the input set (728
+    bytes for 5 names), the largest part of a point's memory. The models are frozen, so the
+    set is never changed in place (`model_copy` copies it first), and equal sets can be one
+    object. Values, equality and dumps are unchanged.
+    """
+    shared: dict[frozenset[str], set[str]] = {}
+    for _site, _asset, point in cfg.iter_points():
+        fields = point.__pydantic_fields_set__
+        one = shared.setdefault(frozenset(fields), fields)
+        if one is not fields:
+            object.__setattr__(point, "__pydantic_fields_set__", one)
+
+
 _POINT_PATH = re.compile(r"^sites\[(\d+)\]\.assets\[(\d+)\]\.points\[(\d+)\](.*)$")
 
 
@@ -864,7 +999,7 @@ def parse_config(text: str, source: str = "<config>", base: Path | None = None) 
     """
     try:
         try:
-            raw = yaml.load(text, Loader=_YAML_LOADER)  # noqa: S506 - a SafeLoader
+            raw = _load_yaml(text)
         except yaml.YAMLError:
             # Error path: the pure-Python loader words the problem better than libyaml.
             raw = yaml.safe_load(text)
@@ -882,6 +1017,7 @@ def parse_config(text: str, source: str = "<config>", base: Path | None = None) 
     raw = expand_env(raw, "", errors, hidden)
     _merge_csv(raw, base or Path.cwd(), errors)
     where = _strip_where(raw)
+    _intern_ids(raw)
     if errors:
         raise ConfigError(source, errors)
     try:
@@ -891,6 +1027,7 @@ def parse_config(text: str, source: str = "<config>", base: Path | None = None) 
     ref_errors = _check_references(cfg)
     if ref_errors:
         raise ConfigError(source, _annotate(ref_errors, where))
+    _share_fields_sets(cfg)
     return cfg
 
 

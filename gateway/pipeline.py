@@ -7,6 +7,7 @@ a dict lookup, one multiply-add and one dataclass construction.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -62,7 +63,9 @@ class Pipeline:
     """
 
     def __init__(self, transforms: dict[str, PointTransform]) -> None:
-        self._t = transforms
+        # A copy with interned keys: the connectors' point keys are interned too
+        # (`connectors.modbus.plan.ModbusPoint`), so the keys are shared, not copied (issue #8).
+        self._t = {sys.intern(k) if type(k) is str else k: t for k, t in transforms.items()}
         self.unknown_points = 0
         self.non_finite = 0
         self.out_of_range = 0

@@ -153,3 +153,96 @@ def test_point_file_with_opcua_and_modbus_rows(tmp_path: Path) -> None:
     assert err.value.messages == [
         "point_files[0] (points.csv) line 2: point 'temp': needs register and address, "
         "or node_id or browse_path"]
+
+
+# -- memory at scale (issue #8): the event-stream YAML loader, shared fields sets, interning --
+
+_YAML_CASES = {
+    "empty": "",
+    "comment only": "# nothing\n",
+    "plain": "a: 1\nb: [2.5, x, null, true, 0x1F, 1_000, .inf]\nc: {d: 2026-01-01, e: 'q'}\n",
+    "tags": "a: !!str 12\nb: !!float 1\ne: !!binary aGk=\n",
+    "repeated key": "a: 1\nb: 2\na: 3\n",
+    "scalar keys": "1: a\n2.5: b\nnull: c\ntrue: d\n",
+    "document markers": "---\na: 1\n...\n",
+    "anchor": "a: &x [1, 2]\nb: *x\n",
+    "merge key": "base: &b {x: 1}\nd:\n  <<: *b\n  y: 2\n",
+    "quoted merge key": "'<<': 1\n",
+    "complex key": "? [a, b]\n: 1\n",
+    "set": "!!set {a, b}\n",
+    "timestamp key": "2026-01-01: x\n",
+    "two documents": "a: 1\n---\nb: 2\n",
+    "syntax error": "a: [1, 2\n",
+    "unknown tag": "a: !foo 1\n",
+    "bad int then syntax error": "a: !!int abc\nb: [\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(_YAML_CASES))
+def test_yaml_loading_matches_pyyaml(name: str) -> None:
+    import yaml
+
+    from gateway.config import _YAML_LOADER, _load_yaml
+
+    text = _YAML_CASES[name]
+
+    def outcome(load: object) -> tuple[str, str]:
+        try:
+            return "ok", repr(load(text))  # type: ignore[operator]
+        except Exception as exc:
+            return "error", f"{type(exc).__name__}: {exc}"
+
+    assert outcome(_load_yaml) == outcome(
+        lambda t: yaml.load(t, Loader=_YAML_LOADER))  # noqa: S506 - a SafeLoader
+
+
+def test_yaml_loading_matches_pyyaml_on_the_shipped_configs() -> None:
+    import yaml
+
+    from gateway.config import _YAML_LOADER, _load_yaml
+
+    root = Path(__file__).resolve().parents[1]
+    files = [*root.glob("tests/golden/**/*.yaml"), *root.glob("gateway/*.yaml"),
+             *root.glob("deploy/**/*.yaml")]
+    assert files
+    for path in files:
+        text = path.read_text(encoding="utf-8")
+        try:
+            expected = repr(yaml.load(text, Loader=_YAML_LOADER))  # noqa: S506 - a SafeLoader
+        except yaml.YAMLError:
+            continue  # error cases are covered above and by the golden messages
+        assert repr(_load_yaml(text)) == expected, path
+
+
+def test_points_share_ids_and_fields_sets(tmp_path: Path) -> None:
+    (tmp_path / "points.csv").write_text(
+        "site,asset,point,device,register,address,unit\n"
+        "s,a,p0,plc,holding,0,Cel\ns,b,p0,plc,holding,1,Cel\ns,b,p1,plc,holding,2,\n",
+        encoding="utf-8",
+    )
+    (tmp_path / "gw.yaml").write_text(
+        "devices: [{id: plc, host: 127.0.0.1, port: 5020}]\n"
+        "sites: [{id: s, assets: [{id: a}, {id: b, points: [\n"
+        "  {id: p2, device: plc, register: holding, address: 3, unit: Cel, scale: 2}]}]}]\n"
+        "point_files: [points.csv]\n",
+        encoding="utf-8",
+    )
+    cfg = load_config(tmp_path / "gw.yaml")
+    points = [p for _s, _a, p in cfg.iter_points()]
+    by = {(a.id, p.id): p for _s, a, p in cfg.iter_points()}
+    assert [(a.id, p.id) for _s, a, p in cfg.iter_points()] == [
+        ("a", "p0"), ("b", "p2"), ("b", "p0"), ("b", "p1")]
+    assert by["a", "p0"].id is by["b", "p0"].id
+    assert all(p.device is cfg.devices[0].id for p in points)
+    assert by["a", "p0"].unit is by["b", "p2"].unit
+    # Equal sets of explicitly given fields are one object; unequal ones stay apart.
+    assert by["a", "p0"].model_fields_set == {"id", "device", "table", "address", "unit"}
+    assert by["a", "p0"].model_fields_set is by["b", "p0"].model_fields_set
+    assert by["b", "p1"].model_fields_set == {"id", "device", "table", "address"}
+    assert by["b", "p2"].model_fields_set == {"id", "device", "table", "address", "unit", "scale"}
+    assert by["b", "p2"].model_dump(exclude_unset=True) == {
+        "id": "p2", "device": "plc", "unit": "Cel", "scale": 2.0, "table": "holding",
+        "address": 3}
+    copy = by["a", "p0"].model_copy(update={"scale": 3.0})
+    assert "scale" in copy.model_fields_set
+    assert "scale" not in by["b", "p0"].model_fields_set

@@ -242,15 +242,8 @@ class ModbusConnector:
         self._busy_retries = max(0, busy_retries)
         self._reprobe_interval = reprobe_interval
         self._dead_after_cycles = max(1, dead_after_cycles)
-        self._decoders: dict[str, Decoder] = {p.key: make_decoder(p.address) for p in points}
         self._points: dict[str, ModbusPoint] = {p.key: p for p in points}
         self._io = asyncio.Lock()  # one request on the wire at a time: polls and writes
-        self._sources = {
-            p.key: f"{device.endpoint}/"
-            f"{device.unit_id if p.address.unit_id is None else p.address.unit_id}/"
-            f"{p.address.table.short}/{p.address.address}"
-            for p in points
-        }
         self._schedules = self._build_schedules()
         self._client: AsyncModbusTcpClient | None = None
         self._in_request = False
@@ -335,8 +328,17 @@ class ModbusConnector:
             future.set_exception(ConnectionException("connection closed"))
 
     def point_sources(self) -> dict[str, str]:
-        """Map point key -> ``modbus://host:port/<unit>/<hr|ir|co|di>/<address>``."""
-        return dict(self._sources)
+        """Map point key -> ``modbus://host:port/<unit>/<hr|ir|co|di>/<address>``.
+
+        Built on each call (the runtime asks once, at start), not kept per connector.
+        """
+        device = self._device
+        return {
+            key: f"{device.endpoint}/"
+            f"{device.unit_id if p.address.unit_id is None else p.address.unit_id}/"
+            f"{p.address.table.short}/{p.address.address}"
+            for key, p in self._points.items()
+        }
 
     # -- polling --------------------------------------------------------------------------
 
@@ -506,11 +508,14 @@ class ModbusConnector:
         return merged
 
     def _make_op(self, request: ReadRequest) -> _Op:
-        decoders = self._decoders
         start = request.start
+        # make_decoder shares one decoder among equal addresses (its parts are cached).
         return _Op(
             request,
-            tuple(_Slot(p.key, p.address.address - start, decoders[p.key]) for p in request.points),
+            tuple(
+                _Slot(p.key, p.address.address - start, make_decoder(p.address))
+                for p in request.points
+            ),
         )
 
     def _emit(self, op: _Op, outcome: _Outcome, when: datetime, batch: list[Sample]) -> None:

@@ -20,6 +20,7 @@ Source: Modbus Application Protocol Specification V1.1b3, §6.1-6.4 (quantity li
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, TypedDict
@@ -48,6 +49,12 @@ class ModbusPoint:
     key: str
     address: ModbusAddress
     poll_interval: float
+
+    def __post_init__(self) -> None:
+        # Interned: the key is held per point by the connector, the runtime and the pipeline;
+        # one object instead of a copy each (≈ 70 bytes per copy, issue #8).
+        if type(self.key) is str:
+            object.__setattr__(self, "key", sys.intern(self.key))
 
     @property
     def unit_id(self) -> int | None:
