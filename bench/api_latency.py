@@ -29,7 +29,8 @@ Garbage collection: like `gateway.runtime` (which calls ``gc.collect(); gc.freez
 the gateway has started), the server freezes the objects that exist once its inventory is
 built, so full collections no longer walk the ~200k long-lived objects of 100k points (points
 and their specs). ``--no-gc-freeze`` leaves them in the collector's generations: every full
-collection then stalls the event loop for ~40-150 ms, which was most of the p99 before
+collection then stalls the event loop for ~40-150 ms (about one per 20-40 s under this load),
+which sets the max latency and, together with other load on the machine, part of the p99
 (docs/benchmarks.md "API latency"). The server reports its full collections (count, longest
 pause) during the measurement in the table.
 
