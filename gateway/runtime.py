@@ -680,8 +680,10 @@ class Runtime:
     def _note_drops(self, readings: list[Reading]) -> None:
         self.counters.ingest_dropped += len(readings)
         drops = self._ingest_drops
+        heard = self.inventory.heard  # acquired, then dropped: not silence (no stale gap)
         for r in readings:
             key = f"{r.site}/{r.asset}/{r.point}"
+            heard(key, r.gateway_time)
             d = drops.get(key)
             if d is None:
                 drops[key] = _IngestDrop(r.site, r.asset, r.point, 1, r.source_time, r.source_time)

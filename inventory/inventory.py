@@ -730,6 +730,29 @@ class Inventory:
             raise ValueError(msg)
         self._closed.append(gap)
 
+    def heard(self, key: str, at: datetime) -> None:
+        """A reading of point `key` arrived at `at` but was not kept (dropped before the store).
+
+        The point was heard from, so its silence deadline moves as `observe` would move it: a
+        later reading is not taken for a late one and no `stale` gap covers the time. Value,
+        quality, last seen/good and gaps are unchanged; the caller records the dropped readings
+        (a `buffer_overflow` gap). Unknown keys are ignored. O(1).
+
+        Args:
+            key: Point key ``site/asset/point``.
+            at: Gateway time the dropped reading was acquired (aware UTC).
+        """
+        p = self._by_key.get(key)
+        if p is None:
+            return
+        rx = at.timestamp()
+        if p.last_rx is not None and rx <= p.last_rx:
+            return
+        if p.device.parked:
+            self._unpark(p)
+        p.last_rx = rx
+        self._heap.set(p.idx, rx + p.threshold)
+
     def device_alive(self, device: str, now: datetime) -> None:
         """A keep-alive proved the device's subscription alive: silent points are not a gap.
 

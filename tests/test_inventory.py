@@ -638,3 +638,24 @@ def test_parked_points_go_offline_with_their_device_and_recover() -> None:
                  for i in range(10)])
     assert inv.open_gap_count == 0
     assert inv.assets(s(10), with_points=False)[0].state is State.ONLINE
+
+
+def test_heard_moves_the_silence_deadline_but_not_the_values() -> None:
+    """Readings dropped before the store (`Inventory.heard`) are not silence: no stale gap."""
+    inv = Inventory(plant(), now=s(0), tick_grace=0.0)
+    inv.link_up("d1", s(0))
+    inv.observe([rd(1, value=3.0), rd(1, "p1", value=3.0)])
+    for t in (2, 3, 4, 5, 6):  # p0's readings of 2..6 s were dropped; p1 really went quiet
+        inv.heard("s1/a1/p0", s(t))
+    inv.heard("s1/zz/unknown", s(6))  # ignored
+    opened = {g.point: g for g in inv.tick(s(7)) if g.asset == "a1"}
+    assert sorted(opened) == ["p1"]  # p1: silent since 1 s + 2.5 s
+    view = inv.point("s1", "a1", "p0", s(7))
+    assert view is not None
+    assert (view.state, view.value, view.last_seen) == (State.ONLINE, 3.0, s(1))
+    assert inv.observe([rd(7.5, value=4.0)]) == []  # on time: no stale gap opened and closed
+    assert view.open_gap is None
+    # heard() never moves the deadline back
+    inv.heard("s1/a1/p0", s(2))
+    assert inv.tick(s(9.9)) == []
+    assert [g.point for g in inv.tick(s(10.1)) if g.asset == "a1"] == ["p0"]
