@@ -114,6 +114,10 @@ def test_server_kill_and_restart_recreates_the_subscription_and_records_exact_ga
         # The outage lasts: reconnect attempts fail until the server is back.
         wait_for(lambda: "connect" in (gw.get("/api/v1/devices")[0]["last_error"] or ""),
                  timeout=20, what="a failed reconnect")
+        # ... and longer than the longest expected interval (1.5 s), so every point misses at
+        # least one sample (a fast restart could otherwise end it within one interval).
+        wait_for(lambda: datetime.now(UTC) - killed_at > timedelta(seconds=2.5), timeout=10,
+                 what="the outage to outlast one expected interval")
         sim2 = start_simulator(profile, tmp_path, name="sim2")
         assert sim2.ports["opc"] == port
         restarted_at = _ts(sim2.ready["started"])
@@ -145,7 +149,7 @@ def test_server_kill_and_restart_recreates_the_subscription_and_records_exact_ga
         assert gap["cause"] == want, gap
         assert abs(_ts(gap["start"]) - killed_at) <= TOL, (point, gap, killed_at)
         assert abs(_ts(gap["end"]) - restarted_at) <= TOL, (point, gap, restarted_at)
-        assert gap["samples_missed"] >= 1
+        assert gap["samples_missed"] >= 1, gap
     assert gw.log().count("link lost") == 1
 
 
