@@ -76,9 +76,11 @@ def _install_signals(stop: Callable[[], None]) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the gateway from a config file until SIGINT/SIGTERM."""
-    cfg = _load(args.config)
-    if cfg is None:
+    loaded = _load(args.config)
+    if loaded is None:
         return 2
+    cfg = loaded
+    del loaded  # `main` swaps `cfg` for the runtime's copy without the point models
     from gateway.runtime import Runtime, serve
 
     _setup_logging(args.log_level)
@@ -86,7 +88,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     config_dir = Path(args.config).resolve().parent
 
     async def main() -> None:
+        nonlocal cfg
         runtime = Runtime(cfg, config_dir=config_dir)
+        cfg = runtime.cfg  # the point models live on only where needed (issue #8)
         _install_signals(runtime.request_stop)
         host = args.api_host or cfg.api.host
         port = args.api_port if args.api_port is not None else cfg.api.port

@@ -321,7 +321,7 @@ async def _serve(rt: Runtime, cfg: GatewayConfig, broker: DemoBroker, data_dir: 
     def ready(api_port: int | None) -> None:
         nonlocal progress
         url = f"http://{cfg.api.host}:{api_port}"
-        points = sum(1 for _ in cfg.iter_points())
+        points = len(rt.spec.points)
         _say(f"gateway running: {len(cfg.sites)} sites, {points} points, store {rt.store_path}")
         _say(f"API and page: {url}/   OpenAPI: {url}/docs   (Ctrl-C to stop)")
         _say(f"  curl -s {url}/api/v1/sites")

@@ -70,6 +70,10 @@ class Pipeline:
         self.non_finite = 0
         self.out_of_range = 0
 
+    def __contains__(self, key: object) -> bool:
+        """Whether ``key`` (``site/asset/point``) is a configured point."""
+        return key in self._t
+
     def convert(self, samples: Iterable[Sample], gateway_time: datetime) -> list[Reading]:
         """Convert a batch of samples acquired at `gateway_time`.
 

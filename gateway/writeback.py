@@ -338,6 +338,10 @@ class WriteService:
             with 503 and refusals are answered unaudited).
         last_value: ``(site, asset, point) -> (value, quality)`` of the point's last reading,
             for the audit's old value; None when unknown.
+        writable: ``(site, asset, point)`` -> config of every point marked ``writable``;
+            default: taken from ``cfg``. Only these are held (not every point, issue #8).
+        known: Whether ``(site, asset, point)`` is a configured point (a write to it is then
+            403 not writable rather than 404); default: the points of ``cfg``.
         now: Aware UTC clock.
         monotonic: Monotonic clock [s] (rate-limited audit bookkeeping).
     """
@@ -349,6 +353,8 @@ class WriteService:
         audit: Callable[[], AuditLog | None],
         last_value: Callable[[str, str, str], tuple[Value, int | None]],
         *,
+        writable: Mapping[tuple[str, str, str], AnyPoint] | None = None,
+        known: Callable[[str, str, str], bool] | None = None,
         now: Callable[[], datetime] = utc_now,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -358,9 +364,16 @@ class WriteService:
         self._last_value = last_value
         self._now = now
         self._monotonic = monotonic
-        self._points: dict[tuple[str, str, str], AnyPoint] = {
-            (s.id, a.id, p.id): p for s, a, p in cfg.iter_points()
-        }
+        if writable is None:
+            writable = {(s.id, a.id, p.id): p for s, a, p in cfg.iter_points() if p.writable}
+        if known is None:
+            keys = frozenset((s.id, a.id, p.id) for s, a, p in cfg.iter_points())
+
+            def known(site: str, asset: str, point: str) -> bool:
+                return (site, asset, point) in keys
+
+        self._writable: dict[tuple[str, str, str], AnyPoint] = dict(writable)
+        self._known: Callable[[str, str, str], bool] = known
         self._device_locks: dict[str, asyncio.Lock] = {}
         self._rate_audited: dict[str, float] = {}
 
@@ -430,7 +443,7 @@ class WriteService:
 
     def _attempt(self, caller: Caller, site: str, asset: str, point: str) -> _Attempt:
         attempt = _Attempt(caller, site, asset, point, self._now())
-        if (site, asset, point) in self._points:
+        if self._known(site, asset, point):
             try:
                 value, quality = self._last_value(site, asset, point)
             except Exception:  # the old value is informative only
@@ -447,10 +460,10 @@ class WriteService:
         if not self.cfg.writes.enabled:
             msg = "writes are disabled on this gateway (writes.enabled: false)"
             raise WriteRefusedError(403, "refused", "writes_disabled", msg)
-        point = self._points.get((attempt.site, attempt.asset, attempt.point))
-        if point is None:
+        point = self._writable.get((attempt.site, attempt.asset, attempt.point))
+        if point is None and not self._known(attempt.site, attempt.asset, attempt.point):
             raise WriteRefusedError(404, "refused", "unknown_point", f"unknown point '{key}'")
-        if not point.writable:
+        if point is None or not point.writable:
             msg = f"point '{key}' is not writable (writable: false in the config)"
             raise WriteRefusedError(403, "refused", "not_writable", msg)
         request = self._parse(attempt, body)

@@ -290,6 +290,11 @@ class Inventory:
         asset.site.view = None
         self._version += 1
 
+    def expected_interval(self, key: str) -> float | None:
+        """The configured point ``key``'s expected interval [s], or None for an unknown key."""
+        point = self._by_key.get(key)
+        return None if point is None else point.spec.expected_interval
+
     @property
     def open_gap_count(self) -> int:
         """Points that have an open gap now [count]."""

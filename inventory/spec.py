@@ -6,6 +6,7 @@ files itself (it imports only the kernel, DESIGN.md §1).
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 
 
@@ -41,6 +42,7 @@ class PointSpec:
         report_by_exception: The point reports only on change (OPC UA subscription, MQTT);
             `Inventory.device_alive` keeps it fresh while its device proves the link alive,
             and `expected_interval` is then its maximum report interval (heartbeat).
+        key: ``site/asset/point`` (derived, interned).
     """
 
     site: str
@@ -52,11 +54,13 @@ class PointSpec:
     source: str = ""
     name: str | None = None
     report_by_exception: bool = False
+    key: str = field(init=False, compare=False, repr=False)
+    """The point key ``site/asset/point``; derived."""
 
-    @property
-    def key(self) -> str:
-        """The point key ``site/asset/point``."""
-        return f"{self.site}/{self.asset}/{self.point}"
+    def __post_init__(self) -> None:
+        # Built once and interned: the inventory, the runtime and the connectors hold the key
+        # of every point; one shared string instead of a copy each (issue #8).
+        object.__setattr__(self, "key", sys.intern(f"{self.site}/{self.asset}/{self.point}"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,7 +36,7 @@ import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from connectors.modbus.config import ByteOrder, DataType, ModbusAddress, RegisterType
+from connectors.modbus.config import AddressLike, ByteOrder, DataType, RegisterType
 from gateway.model import Value
 from gateway.quality import Q, Quality
 
@@ -146,7 +146,7 @@ def _string_decoder(length: int, order: ByteOrder) -> Decoder:
     return decode_string
 
 
-def make_decoder(addr: ModbusAddress) -> Decoder:
+def make_decoder(addr: AddressLike) -> Decoder:
     """Build the decoder of a point once, for the poll hot path (shared by equal addresses).
 
     Args:
@@ -169,7 +169,7 @@ def make_decoder(addr: ModbusAddress) -> Decoder:
     return _numeric_decoder(addr.type, addr.byte_order)
 
 
-def decode(registers: Sequence[int], addr: ModbusAddress) -> tuple[Value, Quality]:
+def decode(registers: Sequence[int], addr: AddressLike) -> tuple[Value, Quality]:
     """Decode one point from exactly its slice of registers (or bits).
 
     Args:
@@ -189,7 +189,7 @@ def decode(registers: Sequence[int], addr: ModbusAddress) -> tuple[Value, Qualit
     return make_decoder(addr)(registers, 0)
 
 
-def encode(value: bool | int | float | str, addr: ModbusAddress) -> list[int]:
+def encode(value: bool | int | float | str, addr: AddressLike) -> list[int]:
     """Encode a value into the registers (or bit) of a point: the inverse of `decode`.
 
     Args:
@@ -285,7 +285,7 @@ class EncodedWrite:
         return f"FC16 unit_id={unit_id} holding {self.address}..{last} = [{words}]"
 
 
-def encode_write(value: bool | int | float | str, addr: ModbusAddress) -> EncodedWrite:
+def encode_write(value: bool | int | float | str, addr: AddressLike) -> EncodedWrite:
     """Encode a raw value into the write request of a point (the inverse of its decoding).
 
     Args:
@@ -330,7 +330,7 @@ def encode_write(value: bool | int | float | str, addr: ModbusAddress) -> Encode
     return EncodedWrite(WRITE_MULTIPLE_REGISTERS, addr.address, words)
 
 
-def _check_write_value(value: object, addr: ModbusAddress) -> None:
+def _check_write_value(value: object, addr: AddressLike) -> None:
     """Type checks of a value to write, stricter than `encode` (which also builds test data)."""
     dtype = addr.type
     if dtype is DataType.BOOL:

@@ -6,8 +6,9 @@ Source: Modbus Application Protocol Specification V1.1b3, §4.3-4.4 and §6.1-6.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
-from typing import Literal, Self
+from typing import Literal, Protocol, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -130,6 +131,74 @@ class ModbusAddress(BaseModel):
         if self.type is DataType.STRING:
             return self.length or 1
         return REGISTER_WIDTH[self.type]
+
+
+class AddressLike(Protocol):
+    """What the codec and the poll plan read of a point's address.
+
+    `ModbusAddress` (and the point configs) and `RegisterAddress` have it: table, 0-based
+    address, type, bit, string length, byte order, unit id override and width in registers
+    (bits for coil/discrete).
+    """
+
+    @property
+    def table(self) -> RegisterType: ...  # noqa: D102
+    @property
+    def address(self) -> int: ...  # noqa: D102
+    @property
+    def type(self) -> DataType: ...  # noqa: D102
+    @property
+    def bit(self) -> int | None: ...  # noqa: D102
+    @property
+    def length(self) -> int | None: ...  # noqa: D102
+    @property
+    def byte_order(self) -> ByteOrder: ...  # noqa: D102
+    @property
+    def unit_id(self) -> int | None: ...  # noqa: D102
+    @property
+    def width(self) -> int: ...  # noqa: D102
+
+
+@dataclass(frozen=True, slots=True)
+class RegisterAddress:
+    """A validated point address in the compact form the connector keeps per point.
+
+    The same fields as `ModbusAddress` (already validated there) in about 100 bytes instead of
+    a pydantic model's ~550 (issue #8: the runtime keeps one per configured point).
+
+    Attributes:
+        table: Data table: coil, discrete, holding or input.
+        address: 0-based protocol address [0..65535].
+        type: Value type.
+        bit: Bit [0..15] of a register for bool, or None.
+        length: Registers of a string [1..125], or None.
+        byte_order: ABCD, DCBA, BADC or CDAB.
+        unit_id: Unit id override [0..255], or None for the device's.
+        width: Registers (bits for coil/discrete) the point occupies; derived.
+    """
+
+    table: RegisterType
+    address: int
+    type: DataType
+    bit: int | None
+    length: int | None
+    byte_order: ByteOrder
+    unit_id: int | None
+    width: int
+
+    @classmethod
+    def of(cls, addr: AddressLike) -> RegisterAddress:
+        """The compact copy of a validated address (a `ModbusAddress` or a point config)."""
+        return cls(
+            addr.table,
+            addr.address,
+            addr.type,
+            addr.bit,
+            addr.length,
+            addr.byte_order,
+            addr.unit_id,
+            addr.width,
+        )
 
 
 class ModbusDeviceConfig(BaseModel):

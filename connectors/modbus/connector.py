@@ -242,7 +242,10 @@ class ModbusConnector:
         self._busy_retries = max(0, busy_retries)
         self._reprobe_interval = reprobe_interval
         self._dead_after_cycles = max(1, dead_after_cycles)
-        self._points: dict[str, ModbusPoint] = {p.key: p for p in points}
+        # The points as given (the runtime's list, not a copy); a key index only once a write
+        # asks for one: writes are rare, a dict per device is ≈ 36 bytes per point (issue #8).
+        self._points: Sequence[ModbusPoint] = points
+        self._by_key: dict[str, ModbusPoint] | None = None
         self._io = asyncio.Lock()  # one request on the wire at a time: polls and writes
         self._schedules = self._build_schedules()
         self._client: AsyncModbusTcpClient | None = None
@@ -334,10 +337,10 @@ class ModbusConnector:
         """
         device = self._device
         return {
-            key: f"{device.endpoint}/"
+            p.key: f"{device.endpoint}/"
             f"{device.unit_id if p.address.unit_id is None else p.address.unit_id}/"
             f"{p.address.table.short}/{p.address.address}"
-            for key, p in self._points.items()
+            for p in self._points
         }
 
     # -- polling --------------------------------------------------------------------------
@@ -655,7 +658,9 @@ class ModbusConnector:
         §6.12 (FC 16), §6.16 (FC 22), §7 (exception responses).
         """
         endpoint = self._device.endpoint
-        point = self._points.get(point_id)
+        if self._by_key is None:
+            self._by_key = {p.key: p for p in self._points}
+        point = self._by_key.get(point_id)
         if point is None:
             msg = f"{endpoint}: no point {point_id!r} on this device; nothing was sent"
             raise WriteError("unsupported", msg)

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, TypedDict
 
-from connectors.modbus.config import ModbusAddress, ModbusDeviceConfig, RegisterType
+from connectors.modbus.config import AddressLike, ModbusDeviceConfig, RegisterType
 
 FUNCTION_CODES: dict[RegisterType, int] = {
     RegisterType.COIL: 1,
@@ -42,12 +42,13 @@ class ModbusPoint:
 
     Attributes:
         key: Point key ``site/asset/point``.
-        address: Where the point lives and how it decodes (a `PointConfig` works too).
+        address: Where the point lives and how it decodes: a `RegisterAddress` (what the
+            runtime passes, compact), a `ModbusAddress` or a point config.
         poll_interval: Poll interval [s], > 0.
     """
 
     key: str
-    address: ModbusAddress
+    address: AddressLike
     poll_interval: float
 
     def __post_init__(self) -> None:

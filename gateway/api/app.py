@@ -372,7 +372,16 @@ def create_app(
     app.state.auth = auth
     _audit_provider(app, ctx)
     run_states: Mapping[str, object] = getattr(ctx, "devices", None) or {}
-    app.state.writes = WriteService(cfg, run_states, app.state.audit_log, _last_value(ctx))
+    # The runtime keeps only its writable points' configs (`Runtime.writable_points`).
+    from_ctx = config is None and hasattr(ctx, "writable_points")
+    app.state.writes = WriteService(
+        cfg,
+        run_states,
+        app.state.audit_log,
+        _last_value(ctx),
+        writable=getattr(ctx, "writable_points", None) if from_ctx else None,
+        known=getattr(ctx, "has_point", None) if from_ctx else None,
+    )
     _register_security_metrics(ctx, app)
     app.add_exception_handler(Exception, _unhandled)
     if allowed_hosts is not None and "*" not in allowed_hosts:
