@@ -77,6 +77,9 @@ STATS_S = 5.0
 """Period of refreshing the store size figures exposed on /metrics [s]."""
 TRIM_S = 300.0
 """Period of handing freed heap memory back to the OS (`gateway.heap`) [s]."""
+TRIM_STARTUP_S = (5.0, 15.0, 30.0, 60.0, 120.0)
+"""Extra trims at these offsets after start [s]: the first minutes free the most (the config's
+point models, the first connect failures marking every point Bad, the first stale gaps)."""
 TRIM_BURST = 20_000
 """A commit or gap change set at least this large [readings or gaps] is a burst whose freed
 memory the next housekeeping tick hands back to the OS (e.g. every point of a 100k-point
@@ -296,6 +299,7 @@ class Runtime:
         self.store_error: str | None = None  # the failing commit's error, while commits fail
         self._next_beat = self._next_purge = self._next_stats = self._next_trim = 0.0
         self._trim_due = False  # a burst freed memory: hand it back at the next tick
+        self._trim_schedule: deque[float] = deque()  # monotonic times of the startup trims
         self._ingest_drops: dict[str, _IngestDrop] = {}  # point key -> dropped since last commit
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -775,6 +779,7 @@ class Runtime:
         self._next_purge = monotonic() + PURGE_S
         self._next_stats = monotonic() + STATS_S
         self._next_trim = monotonic() + TRIM_S
+        self._trim_schedule = deque(monotonic() + t for t in TRIM_STARTUP_S)
         last_error = ""
         while not self._stopping.is_set():
             t0 = monotonic()
@@ -829,7 +834,11 @@ class Runtime:
         if monotonic() >= self._next_stats:
             self._next_stats = monotonic() + STATS_S
             self.store_stats = await self.store.stats()
-        if self._trim_due or monotonic() >= self._next_trim:
+        trim = self._trim_due or monotonic() >= self._next_trim
+        while self._trim_schedule and monotonic() >= self._trim_schedule[0]:
+            self._trim_schedule.popleft()
+            trim = True
+        if trim:
             self._trim_due = False
             self._next_trim = monotonic() + TRIM_S
             await asyncio.to_thread(release_free_heap)

@@ -76,6 +76,7 @@ import logging
 import os
 import queue
 import sqlite3
+import sys
 import threading
 import time
 from collections import deque
@@ -406,6 +407,10 @@ def _gap_from_row(row: Sequence[Any]) -> Gap:
     )
 
 
+_PointEntry = tuple[int, str | None, str]
+"""A cached points-table row: (id, unit, source)."""
+
+
 @dataclass(slots=True)
 class _Job:
     """One unit of work for the writer thread: a function, or readings to append."""
@@ -460,7 +465,10 @@ class Store:
         )
         self._wconn: sqlite3.Connection | None = None
         self._rconn: sqlite3.Connection | None = None
-        self._point_ids: dict[tuple[str, str, str], tuple[int, str | None, str]] = {}
+        # (site, asset) -> point id -> (row id, unit, source): per asset, so that a batch (one
+        # device's poll, one asset) costs one outer lookup and no key tuple per reading, and
+        # 100k points keep no key tuple each (≈ 6 MB, issue #8).
+        self._point_ids: dict[tuple[str, str], dict[str, _PointEntry]] = {}
         self._rows = 0
         self._last_commit = 0.0  # monotonic end of the latest readings commit
         self._closed = False
@@ -628,12 +636,14 @@ class Store:
 
     def _load_point_ids(self) -> None:
         assert self._wconn is not None  # noqa: S101 - only called after the connection is set
-        self._point_ids = {
-            (site, asset, point): (pid, unit, source)
-            for pid, site, asset, point, unit, source in self._wconn.execute(
-                "SELECT id, site, asset, point, unit, source FROM points"
-            )
-        }
+        ids: dict[tuple[str, str], dict[str, _PointEntry]] = {}
+        intern = sys.intern  # the config's ids are interned: share their objects
+        for pid, site, asset, point, unit, source in self._wconn.execute(
+            "SELECT id, site, asset, point, unit, source FROM points"
+        ):
+            per_asset = ids.setdefault((intern(site), intern(asset)), {})
+            per_asset[intern(point)] = (pid, unit, source)
+        self._point_ids = ids
 
     # ------------------------------------------------------------------ threads
 
@@ -756,10 +766,16 @@ class Store:
         last_src: datetime | None = None
         last_gw: datetime | None = None
         src_ns = gw_ns = 0
+        site: str | None = None
+        asset: str | None = None
+        points: dict[str, _PointEntry] = {}
         for r in readings:
-            entry = ids.get((r.site, r.asset, r.point))
-            if entry is None or entry[1] != r.unit or entry[2] != r.source:
-                entry = self._upsert_point(conn, (r.site, r.asset, r.point), r.unit, r.source)
+            if r.asset is not asset or r.site is not site:  # readings come grouped by asset
+                site, asset = r.site, r.asset
+                points = ids.get((site, asset)) or ids.setdefault((site, asset), {})
+            entry = points.get(r.point)
+            if entry is None or entry[2] is not r.source or entry[1] is not r.unit:
+                entry = self._point_entry(conn, points, r, entry)
             value = r.value
             kind = type(value)
             vt: int | None = None
@@ -780,18 +796,32 @@ class Store:
                 latest[pid] = row
         return rows, latest
 
-    def _upsert_point(
-        self, conn: sqlite3.Connection, ident: tuple[str, str, str], unit: str | None, source: str
-    ) -> tuple[int, str | None, str]:
-        key = "/".join(ident)
+    def _point_entry(
+        self,
+        conn: sqlite3.Connection,
+        points: dict[str, _PointEntry],
+        r: Reading,
+        entry: _PointEntry | None,
+    ) -> _PointEntry:
+        """The points-table entry of `r`'s point: inserted or updated when new or changed.
+
+        An entry equal to `r`'s unit and source (loaded at start) takes `r`'s string objects,
+        so that the cache and the pipeline share them.
+        """
+        unit, source = r.unit, r.source
+        if entry is not None and entry[1] == unit and entry[2] == source:
+            entry = (entry[0], unit, source)
+            points[r.point] = entry
+            return entry
+        key = f"{r.site}/{r.asset}/{r.point}"
         conn.execute(
             """INSERT INTO points(key, site, asset, point, unit, source) VALUES (?,?,?,?,?,?)
                ON CONFLICT(key) DO UPDATE SET unit = excluded.unit, source = excluded.source""",
-            (key, *ident, unit, source),
+            (key, r.site, r.asset, r.point, unit, source),
         )
         pid = conn.execute("SELECT id FROM points WHERE key = ?", (key,)).fetchone()[0]
         entry = (int(pid), unit, source)
-        self._point_ids[ident] = entry
+        points[r.point] = entry
         return entry
 
     def _append_group(self, group: list[_Job]) -> None:
@@ -1295,7 +1325,11 @@ class Store:
     def _collect_drops(
         self, by_age: int, by_size: int, size_cutoff: datetime | None, by_cap: int
     ) -> PurgeReport:
-        idents = {pid: ident for ident, (pid, _u, _s) in self._point_ids.items()}
+        idents = {
+            pid: (site, asset, point)
+            for (site, asset), points in self._point_ids.items()
+            for point, (pid, _u, _s) in points.items()
+        }
         ranges = []
         for pid, (count, first, last) in sorted(self._drops.items(), key=lambda kv: kv[1][1]):
             site, asset, point = idents.get(pid, ("?", "?", str(pid)))

@@ -106,6 +106,40 @@ async def test_unit_and_source_follow_the_point(store: Store) -> None:
     assert latest["s1/a1/p1"].unit == "K"
 
 
+async def test_same_point_id_on_interleaved_assets_and_sites_stays_apart(store: Store) -> None:
+    # The store caches point rows per asset while a batch runs: a batch that jumps between
+    # assets and sites with the same point ids must still file every reading under its own.
+    batch = [
+        reading("p1", 1.0, asset="a1"),
+        reading("p1", 2.0, asset="a2"),
+        reading("p2", 3.0, asset="a1"),
+        reading("p1", 4.0, site="s2", asset="a1"),
+        reading("p1", 5.0, asset="a2", t=T0 + timedelta(seconds=1)),
+        reading("p1", 6.0, asset="a1", t=T0 + timedelta(seconds=1)),
+    ]
+    await store.append(batch)
+    latest = {k: r.value for k, r in (await store.load_latest()).items()}
+    assert latest == {"s1/a1/p1": 6.0, "s1/a2/p1": 5.0, "s1/a1/p2": 3.0, "s2/a1/p1": 4.0}
+    assert (await store.stats())["readings"] == 6
+
+
+async def test_unit_change_after_reopen_updates_the_point(tmp_path: Path) -> None:
+    path = tmp_path / "gw.db"
+    s = await open_store(path)
+    await s.append([reading("p1", 1.0, unit="Cel")])
+    await s.close()
+    s = await open_store(path)
+    try:
+        await s.append([reading("p1", 2.0, unit="Cel", t=T0 + timedelta(seconds=1))])
+        assert (await s.load_latest())["s1/a1/p1"].unit == "Cel"
+        await s.append([reading("p1", 3.0, unit="K", t=T0 + timedelta(seconds=2))])
+        latest = await s.load_latest()
+        assert (latest["s1/a1/p1"].unit, latest["s1/a1/p1"].value) == ("K", 3.0)
+        assert len(latest) == 1  # the same point row, not a second one
+    finally:
+        await s.close()
+
+
 async def test_append_rejects_unsupported_value_and_stores_nothing(store: Store) -> None:
     bad = reading(value=[1, 2])  # type: ignore[arg-type]
     with pytest.raises(TypeError):
