@@ -75,16 +75,15 @@ PURGE_S = 2.0
 over a bound (an index seek and a few pragmas), so bounds hold within seconds."""
 STATS_S = 5.0
 """Period of refreshing the store size figures exposed on /metrics [s]."""
-TRIM_S = 300.0
+TRIM_S = 60.0
 """Period of handing freed heap memory back to the OS (`gateway.heap`) [s]."""
-TRIM_STARTUP_S = (5.0, 15.0, 30.0, 60.0, 120.0)
-"""Extra trims at these offsets after start [s]: the first minutes free the most (the config's
+TRIM_STARTUP_S = (5.0, 15.0, 30.0)
+"""Extra trims at these offsets after start [s]: the first seconds free the most (the config's
 point models, the first connect failures marking every point Bad, the first stale gaps)."""
 TRIM_BURST = 20_000
 """A commit or gap change set at least this large [readings or gaps] is a burst whose freed
 memory the next housekeeping tick hands back to the OS (e.g. every point of a 100k-point
 gateway going Bad at once when its devices are unreachable)."""
-"""Period of refreshing the store size figures exposed on /metrics [s]."""
 STOP_FLUSH_TIMEOUT_S = 5.0
 # Room the inventory leaves between a freshness deadline and a stale gap [s] for readings
 # acquired but not yet observed (loop lag); `store.commit_interval` is added to it.

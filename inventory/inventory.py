@@ -610,6 +610,10 @@ class Inventory:
         heap = self._heap
         heap_get = heap.get
         touched: dict[_Asset, None] = {}
+        # Readings of one poll share their gateway_time object: one float for all of them
+        # (saves the conversion per reading and a float per point kept in `last_rx`).
+        last_gw: datetime | None = None
+        rx = 0.0
         for r in readings:
             p = by_key.get(f"{r.site}/{r.asset}/{r.point}")
             if p is None:
@@ -619,7 +623,9 @@ class Inventory:
             if p.last_good is not None and st < p.last_good:
                 self.late_readings += 1
                 continue
-            rx = r.gateway_time.timestamp()
+            if r.gateway_time is not last_gw:
+                last_gw = r.gateway_time
+                rx = last_gw.timestamp()
             device = p.device
             if p.open_gap is None:
                 deadline = self._fresh_until(p) if p.rbe else heap_get(p.idx)
