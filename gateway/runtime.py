@@ -75,15 +75,19 @@ PURGE_S = 2.0
 over a bound (an index seek and a few pragmas), so bounds hold within seconds."""
 STATS_S = 5.0
 """Period of refreshing the store size figures exposed on /metrics [s]."""
-TRIM_S = 60.0
+TRIM_S = 30.0
 """Period of handing freed heap memory back to the OS (`gateway.heap`) [s]."""
-TRIM_STARTUP_S = (5.0, 15.0, 30.0)
+TRIM_STARTUP_S = (5.0, 15.0)
 """Extra trims at these offsets after start [s]: the first seconds free the most (the config's
 point models, the first connect failures marking every point Bad, the first stale gaps)."""
 TRIM_BURST = 20_000
 """A commit or gap change set at least this large [readings or gaps] is a burst whose freed
 memory the next housekeeping tick hands back to the OS (e.g. every point of a 100k-point
 gateway going Bad at once when its devices are unreachable)."""
+COMMIT_BATCH_MAX = 20_000
+"""Readings the writer takes into one commit at most [count]; more wait for the next one. Bounds
+the commit's transient memory when every point reports at once (100k points going Bad when
+their devices are unreachable: one 100k-reading commit held ≈ 20 MB of rows besides)."""
 STOP_FLUSH_TIMEOUT_S = 5.0
 # Room the inventory leaves between a freshness deadline and a stale gap [s] for readings
 # acquired but not yet observed (loop lag); `store.commit_interval` is added to it.
@@ -195,10 +199,15 @@ def device_points(cfg: GatewayConfig) -> dict[str, list[ConnectorPoint]]:
         from connectors.opcua.connector import OpcUaPoint
     if "mqtt" in protocols:
         from connectors.mqtt.connector import MqttPoint
+    # Devices of one model share their register map: equal addresses share one object
+    # (≈ 90 bytes per point saved on a fleet of identical devices, nothing otherwise).
+    addresses: dict[RegisterAddress, RegisterAddress] = {}
     for s, a, p in cfg.iter_points():
         key = f"{s.id}/{a.id}/{p.id}"
         if isinstance(p, ModbusPointConfig):
-            out[p.device].append(ModbusPoint(key, RegisterAddress.of(p), cfg.poll_interval(p)))
+            address = RegisterAddress.of(p)
+            address = addresses.setdefault(address, address)
+            out[p.device].append(ModbusPoint(key, address, cfg.poll_interval(p)))
         elif isinstance(p, OpcUaPointConfig):
             out[p.device].append(OpcUaPoint(key, p, p.poll_interval))
         else:
@@ -609,7 +618,7 @@ class Runtime:
             last_commit = monotonic()
             taken = 1 if batch else 0  # the stop sentinel is an empty list, not counted
             more: list[Reading] = []
-            while not self._queue.empty():
+            while len(batch) < COMMIT_BATCH_MAX and not self._queue.empty():
                 more = self._queue.get_nowait()
                 batch.extend(more)
                 taken += 1 if more else 0
