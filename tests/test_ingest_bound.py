@@ -132,3 +132,37 @@ async def test_readings_waiting_for_an_acknowledgement_are_never_dropped(tmp_pat
         assert sorted(ms for _, ms in _stored(rt.store.path)) == list(range(150))
     finally:
         await rt.stop()
+
+
+async def test_a_backlog_larger_than_one_commit_is_committed_in_bounded_commits(
+    tmp_path: Path,
+) -> None:
+    # Every point reporting at once (e.g. all devices unreachable at start) queues more than
+    # one commit takes (`COMMIT_BATCH_MAX`): all of it is committed, none dropped, in several
+    # commits of at most that many readings, and the acknowledgement comes after the last.
+    from gateway.runtime import COMMIT_BATCH_MAX
+
+    rt = _runtime(tmp_path, limit=10 * COMMIT_BATCH_MAX)
+    await rt.start()
+    acked: list[int] = []
+    try:
+        assert rt.store is not None
+        total = 3 * COMMIT_BATCH_MAX + 500
+        lock = sqlite3.connect(rt.store.path, timeout=30, isolation_level=None)
+        lock.execute("BEGIN IMMEDIATE")  # let the backlog pile up
+        try:
+            for start in range(0, total, 500):
+                rt._submit([reading(i) for i in range(start, start + 500)])
+            rt._submit([], lambda: acked.append(1))
+            await asyncio.sleep(0.05)
+        finally:
+            lock.rollback()
+            lock.close()
+        batches_before = rt.counters.commit_batches
+        await until(lambda: acked == [1], what="acknowledgement after the backlog")
+        assert rt.counters.readings_committed == total
+        assert rt.counters.ingest_dropped == 0
+        assert rt.counters.commit_batches - batches_before >= total // COMMIT_BATCH_MAX + 1
+        assert len(_stored(rt.store.path)) == total
+    finally:
+        await rt.stop()
