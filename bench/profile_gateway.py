@@ -5,8 +5,9 @@ paused) to a running gateway PID for the measurement window and writes collapsed
 `summarize` turns them into the top functions by *own* time (the frame on top of the stack)
 and by *total* time (anywhere on the stack), as shares of all samples of all threads.
 
-Usage (standalone): .venv/bin/python bench/profile_gateway.py modbus|mqtt [--window 20] [--out DIR]
-runs the Modbus 50 × 200 @ 1 s or the MQTT 10k msg/s workload once with the profiler attached.
+Usage (standalone): .venv/bin/python bench/profile_gateway.py modbus|modbus1k|mqtt [--window 20]
+[--out DIR] runs the Modbus 50 × 200 @ 1 s (10 × 100 @ 1 s for ``modbus1k``) or the MQTT 10k msg/s
+workload once with the profiler attached.
 """
 
 from __future__ import annotations
@@ -79,15 +80,16 @@ def summarize(raw: Path, top: int = 15) -> tuple[str, str, int]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("workload", choices=["modbus", "mqtt"])
+    parser.add_argument("workload", choices=["modbus", "modbus1k", "mqtt"])
     parser.add_argument("--window", type=float, default=20.0)
     parser.add_argument("--out", default="/tmp/otgw-profile")  # noqa: S108 - a scratch dir
     parser.add_argument("--top", type=int, default=15)
     args = parser.parse_args()
     out = Path(args.out) / f"{args.workload}.txt"
-    if args.workload == "modbus":
+    if args.workload in ("modbus", "modbus1k"):
         from modbus_throughput import run_workload
-        r = run_workload(50, 200, 1.0, args.window, profile_to=out)
+        devices, registers = (50, 200) if args.workload == "modbus" else (10, 100)
+        r = run_workload(devices, registers, 1.0, args.window, profile_to=out)
     else:
         from mqtt_ingest import run_gateway
         r = run_gateway(10_000, args.window, profile_to=out)
