@@ -1,10 +1,11 @@
 """Hand freed heap memory back to the operating system (glibc ``malloc_trim``).
 
-CPython frees small objects into its own arenas and large ones with ``free``; glibc keeps
-freed pages mapped until the top of the heap is free, so after a burst (the config models of
-100k points while the runtime starts, a store backlog) the gateway's RSS stays at the peak.
-``malloc_trim(0)`` returns every whole free page to the kernel (``madvise``). Measured on the
-100k-point gateway of ``bench/inventory_scale.py --case gateway``: ≈ 30 MiB (issue #8).
+CPython frees small objects into its own arenas and larger ones (list and dict tables, big
+strings) with ``free``; glibc keeps freed pages mapped until the top of its heap is free, so
+after a burst (every point of a 100k-point gateway going Bad at once, its gap storm, a store
+backlog) the gateway's RSS stays near the peak. ``malloc_trim(0)`` returns every whole free
+page to the kernel (``madvise``). Measured on the 100k-point gateway of
+``bench/inventory_scale.py --case gateway``: 315 → 296 MiB (issue #8, docs/benchmarks.md).
 
 Source: glibc manual, "Memory Allocation Tunables" and malloc_trim(3). A no-op where the C
 library is not glibc (musl, macOS).
