@@ -18,11 +18,32 @@ class ApiServerError(RuntimeError):
 
 
 class _EmbeddedServer(uvicorn.Server):
-    """A uvicorn server that leaves signal handling to the host process (the runtime)."""
+    """A uvicorn server that leaves signal handling to the host process (the runtime).
+
+    Its housekeeping loop ticks once a second instead of uvicorn's ten times: the Date header
+    is refreshed once a second either way, and `request_exit` wakes the loop at once, so a stop
+    is not delayed (issue #8: nine fewer event-loop wake-ups per second on an idle gateway).
+    """
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self._exit_requested = asyncio.Event()
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+    async def main_loop(self) -> None:
+        counter = 0  # uvicorn's on_tick refreshes the Date header when counter % 10 == 0
+        while not await self.on_tick(counter):
+            counter = (counter + 10) % 864_000
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._exit_requested.wait(), 1.0)
+
+    def request_exit(self) -> None:
+        """Begin the graceful shutdown now (as uvicorn's ``should_exit``, without the wait)."""
+        self.should_exit = True
+        self._exit_requested.set()
 
 
 class ApiServer:
@@ -134,7 +155,7 @@ class ApiServer:
         hub = getattr(getattr(self._config.app, "state", None), "stream_hub", None)
         if hub is not None:
             hub.close()
-        server.should_exit = True
+        server.request_exit()
         done, _ = await asyncio.wait({task}, timeout=grace)
         if not done:
             server.force_exit = True
